@@ -1,0 +1,3 @@
+from mattepod.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,244 @@
+"""The typed run configuration: one pydantic schema behind configs/generate.yaml, CLI flags and jobs.
+
+The field descriptions are the single source of the documentation: ``render_yaml`` writes the fully
+commented generate.yaml from them, and tests check that configs/generate.yaml and CONFIG.md agree with it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mattepod.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Point(_Strict):
+    x: float = Field(description="horizontal coordinate (pixels, or 0..1 with prompt.normalized)")
+    y: float = Field(description="vertical coordinate (pixels, or 0..1 with prompt.normalized)")
+    label: Literal[0, 1] = Field(1, description="1 = on the subject (positive), 0 = not the subject (negative)")
+
+
+class Keyframe(_Strict):
+    frame: int = Field(ge=0, description="frame index (relative to start_frame) where the matte re-anchors")
+    mask: str | None = Field(None, description="mask PNG for this keyframe")
+    points: list[Point] = Field(default_factory=list, description="SAM 2 clicks for this keyframe")
+    box: tuple[float, float, float, float] | None = Field(None, description="SAM 2 box [x0, y0, x1, y1]")
+
+
+class PromptConfig(_Strict):
+    frame: int = Field(0, ge=0, description="frame (relative to start_frame) the prompt is given on; "
+                       "matting runs forward to the end and backward to the first frame")
+    mask: str | None = Field(None, description="mask PNG (any channel count; 0/1, 0/255 or soft) of the subject")
+    points: list[Point] = Field(default_factory=list,
+                                description="SAM 2 clicks, e.g. [{x: 640, y: 360, label: 1}]")
+    box: tuple[float, float, float, float] | None = Field(None, description="SAM 2 box [x0, y0, x1, y1]")
+    normalized: bool = Field(False, description="points and box are given in 0..1 of the frame size")
+    mask_add: list[str] = Field(default_factory=list, description="mask PNGs added (union) to the prompt mask")
+    mask_subtract: list[str] = Field(default_factory=list, description="mask PNGs removed from the prompt mask")
+    mask_dilate: int = Field(0, ge=0, description="grow the prompt mask by this many pixels")
+    mask_erode: int = Field(0, ge=0, description="shrink the prompt mask by this many pixels")
+    auto_person: bool = Field(False, description="find people on the prompt frame automatically (batch runs)")
+    person_select: Literal["largest", "all", "n_largest"] = Field(
+        "largest", description="with auto_person: which people become the subject")
+    person_count: int = Field(1, ge=1, description="with person_select n_largest: how many")
+    sam2_model: Literal["tiny", "small", "base_plus", "large"] = Field(
+        "base_plus", description="SAM 2.1 model size used to turn clicks/boxes into masks")
+    keyframes: list[Keyframe] = Field(default_factory=list,
+                                      description="extra prompts on later frames; the matte re-anchors there")
+    reprompt_every: int = Field(0, ge=0, description="re-prompt automatically every N frames (0 = never)")
+
+
+class EngineConfig(_Strict):
+    name: Literal["matanyone", "mask"] = Field(
+        "matanyone", description="matanyone = the network; mask = carry the prompt mask only (no weights, a check)")
+    model: Literal["matanyone", "matanyone2"] = Field("matanyone", description="which MatAnyone weights")
+    device: str = Field("auto", description="auto (cuda when available), cpu, cuda or cuda:N")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto = fp16 on cuda, fp32 on cpu")
+    warmup: int = Field(10, ge=0, description="warm-up steps on the prompt frame before the first output")
+    erode: int = Field(10, ge=0, description="erode radius applied to the prompt mask (after dilate)")
+    dilate: int = Field(10, ge=0, description="dilate radius applied to the prompt mask")
+    max_size: int = Field(-1, description="internal matting size: shorter side limit in pixels (-1 = no limit)")
+    mem_every: int = Field(5, ge=1, description="a memory frame every N frames")
+    max_mem_frames: int = Field(5, ge=2, description="memory frames kept (1 permanent + FIFO)")
+    top_k: int = Field(30, ge=1, description="top-k of the memory readout")
+    compile: bool = Field(False, description="torch.compile the network (GPU; slow first frames)")
+    tf32: bool = Field(True, description="allow TF32 matmuls on GPU (faster, slightly less exact)")
+
+
+OutputFormat = Literal["alpha", "green", "composite", "prores", "webm", "png", "alpha16", "packed"]
+
+
+class OutputsConfig(_Strict):
+    formats: list[OutputFormat] = Field(
+        default_factory=lambda: ["alpha", "green"],
+        description="any of: alpha (matte video), green (foreground over a colour), composite (over "
+                    "background), prores (RGBA .mov), webm (RGBA VP9), png (RGBA sequence), alpha16 "
+                    "(16-bit alpha PNGs), packed (VR180 fisheye alpha-packed passthrough)")
+    alpha_codec: Literal["hevc10", "ffv1"] = Field("hevc10", description="alpha video codec: 10-bit HEVC or lossless FFV1")
+    color: str = Field("#00B140", description="background colour of the green output, #RRGGBB")
+    background: str | None = Field(None, description="image or video behind the subject for composite")
+    encoder: Literal["auto", "nvenc", "cpu"] = Field(
+        "auto", description="auto = NVENC when ffmpeg and the GPU have it, else libx264/libx265")
+    crf: int = Field(18, ge=0, le=51, description="quality of the lossy video outputs (lower = better)")
+    previews: int = Field(3, ge=0, description="frames written as preview PNGs (alpha and composite)")
+    copy_audio: bool = Field(True, description="copy the source audio (no re-encode) into video outputs")
+
+    @field_validator("color")
+    @classmethod
+    def _colour(cls, v: str) -> str:
+        if not re.fullmatch(r"#[0-9A-Fa-f]{6}", v):
+            raise ValueError(f"colour {v!r} is not #RRGGBB (for example #00B140)")
+        return v.upper()
+
+
+class StereoConfig(_Strict):
+    mode: Literal["mono", "vr180"] = Field("mono", description="mono, or vr180 (two eyes in one frame)")
+    layout: Literal["auto", "sbs", "tb"] = Field(
+        "auto", description="eye layout: side-by-side, top-bottom, or auto (file name tokens, metadata, shape)")
+    master: Literal["left", "right"] = Field("left", description="the eye the prompt is given on")
+    projection: Literal["auto", "equirect", "fisheye"] = Field(
+        "auto", description="source projection of each eye (auto: file name tokens, else equirect)")
+    fov: float = Field(180.0, gt=0, le=220, description="field of view of the fisheye passthrough output, degrees")
+    consistency_threshold: float = Field(0.8, ge=0, le=1, description="flag frames whose eye IoU is below this")
+    reprompt_on_drift: bool = Field(False, description="re-prompt the slave eye from the master when it drifts")
+
+
+class RecoveryConfig(_Strict):
+    auto_resume: bool = Field(False, description="resume the newest unfinished run of the same input automatically")
+    segment_frames: int = Field(300, ge=1, description="frames per output segment (a checkpoint after each)")
+
+
+class RuntimeConfig(_Strict):
+    queue_size: int = Field(8, ge=1, le=256, description="frames buffered between decode, model and encode")
+    threads: int = Field(0, ge=0, description="CPU threads for torch (0 = torch's default)")
+
+
+class Config(_Strict):
+    input: str | None = Field(None, description="video file or folder of images (also --input)")
+    output_dir: str = Field("output", description="where run folders are created (env OUTPUT_DIR overrides the default)")
+    weights_dir: str | None = Field(None, description="model weights folder (default: env MODEL_CACHE_DIR, else ./weights)")
+    start_frame: int = Field(0, ge=0, description="first frame of the input to process")
+    max_frames: int | None = Field(None, ge=1, description="process at most this many frames (null = all)")
+    scale: float = Field(1.0, gt=0, le=1, description="matting resolution relative to the input; alpha is upsampled back")
+    prompt: PromptConfig = Field(default_factory=PromptConfig, description="how the subject is chosen")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="the matting network")
+    outputs: OutputsConfig = Field(default_factory=OutputsConfig, description="what is written")
+    stereo: StereoConfig = Field(default_factory=StereoConfig, description="VR180 stereo mode")
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig, description="segments and resume")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="threads and queues")
+
+    @model_validator(mode="after")
+    def _packed_needs_vr(self) -> "Config":
+        if "packed" in self.outputs.formats and self.stereo.mode != "vr180":
+            raise ValueError("outputs.formats 'packed' needs stereo.mode: vr180")
+        if "composite" in self.outputs.formats and not self.outputs.background:
+            raise ValueError("outputs.formats 'composite' needs outputs.background (an image or video path)")
+        return self
+
+    def resolved_weights_dir(self) -> Path:
+        return Path(self.weights_dir or os.environ.get("MODEL_CACHE_DIR") or "weights")
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "literal_error" and "expected" in e.get("ctx", {}):
+            msg = f"must be one of {e['ctx']['expected']}, got {e.get('input')!r}"
+        parts.append(f"{key}: {msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def validate(data: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source), "fix the key (see CONFIG.md or --generate-config)") from None
+
+
+def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML file (None = all defaults), apply dotted-key overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found", "give a path to a YAML file, or write one with --generate-config")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p} is not valid YAML: {exc}".replace("\n", " "), "fix the syntax") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p} must hold a mapping of keys", "see configs/generate.yaml")
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    return validate(data, str(path or "config"))
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: {part} is not a section", "use a key listed in CONFIG.md")
+    node[leaf] = value
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """``--set engine.warmup=5`` -> ("engine.warmup", 5), the value parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r} has no '='", "write --set key.sub=value")
+    key, raw = item.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def iter_keys(model: type[BaseModel] = Config, prefix: str = ""):
+    """(dotted key, FieldInfo) for every key, sections included, in declaration order."""
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        yield key, field
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from iter_keys(ann, key + ".")
+
+
+def render_yaml() -> str:
+    """The fully commented default config, generated from the schema (what --generate-config writes)."""
+    lines = ["# MattePod run configuration (generated from mattepod/config.py; every key in CONFIG.md).",
+             "# Any key can be overridden on the command line: --set section.key=value", ""]
+
+    def walk(model: BaseModel, indent: str) -> None:
+        for name, field in type(model).model_fields.items():
+            value = getattr(model, name)
+            desc = field.description or ""
+            if isinstance(value, BaseModel):
+                lines.append(f"{indent}# {desc}")
+                lines.append(f"{indent}{name}:")
+                walk(value, indent + "  ")
+                lines.append("")
+                continue
+            dumped = yaml.safe_dump(value if not isinstance(value, tuple) else list(value),
+                                    default_flow_style=True).strip()
+            if dumped.endswith("..."):
+                dumped = dumped[:-3].strip()
+            lines.append(f"{indent}{name}: {dumped}  # {desc}")
+
+    walk(Config(), "")
+    return "\n".join(lines).rstrip() + "\n"
