@@ -1,0 +1,534 @@
+"""Jobs: every run is its own process, queued one GPU job at a time, and readable again after a restart.
+
+The UI (and anything else that wants background runs) creates a run folder, writes the job's config into it
+and hands it to a ``JobManager``. The manager starts ``scripts/run_inference.py <run>/config.yaml --run-dir
+<run> --progress-json`` in a new session (its own process group), so an out-of-memory crash kills only that
+job, the GPU memory goes with the process, and Cancel can kill the whole group (ffmpeg children included).
+
+The job's stdout (one JSON object per line) goes to ``<run>/job.stdout.jsonl`` and stderr to
+``<run>/job.stderr.log`` -- files, not pipes, so a job keeps running when the app is closed or restarted,
+and a restarted app can still follow it. ``<run>/job.json`` holds what only the job layer knows (queued,
+pid, cancelled, exit code); the CLI's ``metadata.json`` holds the rest. ``read_job`` merges both, so the job
+list is rebuilt from the output folder alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from mattepod import config as configmod
+from mattepod.errors import InputNotFoundError, MattePodError, RunStateError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SCRIPT = REPO_ROOT / "scripts" / "run_inference.py"
+
+QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED, INTERRUPTED = (
+    "queued", "running", "completed", "failed", "cancelled", "interrupted")
+FINAL = {COMPLETED, FAILED, CANCELLED, INTERRUPTED}
+JOB_FILE, STDOUT_FILE, STDERR_FILE = "job.json", "job.stdout.jsonl", "job.stderr.log"
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+
+
+# ---------------------------------------------------------------- paths ---------------------------------------
+
+@dataclass(frozen=True)
+class Roots:
+    """The only folders a web-facing job may read from or write to."""
+
+    input: Path
+    output: Path
+    weights: Path
+
+    @classmethod
+    def from_env(cls) -> "Roots":
+        return cls(Path(os.environ.get("INPUT_DIR", "input")).resolve(),
+                   Path(os.environ.get("OUTPUT_DIR", "output")).resolve(),
+                   Path(os.environ.get("MODEL_CACHE_DIR", "weights")).resolve())
+
+    def all(self) -> list[Path]:
+        return [self.input, self.output, self.weights]
+
+
+def inside(path: str | os.PathLike, roots: Iterable[Path]) -> Path:
+    """``path`` resolved (symlinks followed) if it lies inside one of ``roots``; an error otherwise.
+
+    Every path that arrives over the web goes through here: ``..``, absolute paths elsewhere and symlinks that
+    leave the volume are all refused the same way.
+    """
+    if path is None or str(path).strip() == "" or "\x00" in str(path):
+        raise InputNotFoundError("no file path given", "choose a file in the input or output folder")
+    real = Path(path).expanduser().resolve()
+    for root in roots:
+        root = Path(root).resolve()
+        if real == root or root in real.parents:
+            return real
+    names = ", ".join(str(Path(r)) for r in roots)
+    raise InputNotFoundError(f"{path} is outside the allowed folders ({names})",
+                             "put the file into the input folder and choose it from there")
+
+
+def check_job_id(job_id: str) -> str:
+    """A job id is a run folder's bare name; anything else (slashes, '..') is refused."""
+    job_id = (job_id or "").strip()
+    if not _JOB_ID.match(job_id) or ".." in job_id:
+        raise RunStateError(f"{job_id!r} is not a job id", "use an id returned by submit or listed by list_jobs")
+    return job_id
+
+
+# ---------------------------------------------------------------- run folders ---------------------------------
+
+def create_run(cfg: configmod.Config, output_dir: str | Path, stem: str | None = None) -> Path:
+    """Make ``<output>/<stem>_<YYYYmmdd-HHMMSS>/`` (a suffix when taken), write config.yaml and job.json."""
+    output_dir = Path(output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem or Path(cfg.input or "run").stem).strip("._") or "run"
+    base = f"{stem}_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    for n in range(1000):
+        run = output_dir / (base if n == 0 else f"{base}-{n + 1}")
+        try:
+            run.mkdir()
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover - a thousand runs in one second
+        raise RunStateError(f"cannot create a run folder for {base} in {output_dir}", "try again")
+    cfg = cfg.model_copy(update={"output_dir": str(output_dir)})
+    (run / "config.yaml").write_text(configmod.dump(cfg))
+    _write_json(run / JOB_FILE, {"status": QUEUED, "created": time.time(), "input": cfg.input,
+                                 "pid": None, "exit_code": None, "error": None})
+    return run
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _update_job_file(run: Path, **changes: Any) -> dict:
+    data = _read_json(run / JOB_FILE)
+    data.update(changes)
+    _write_json(run / JOB_FILE, data)
+    return data
+
+
+def last_events(run: Path, max_bytes: int = 65536) -> tuple[dict | None, dict | None]:
+    """The latest ``progress`` event and the ``done`` event (if any) from the job's stdout file."""
+    progress = done = None
+    try:
+        with open(run / STDOUT_FILE, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - max_bytes))
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None, None
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            if event.get("event") == "progress":
+                progress = event
+            elif event.get("event") == "done":
+                done = event
+    return progress, done
+
+
+def _stderr_tail(run: Path, lines: int = 1) -> str:
+    try:
+        text = (run / STDERR_FILE).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+def _pid_alive_for(pid: int | None, run: Path) -> bool:
+    """True when ``pid`` is still the job of ``run`` (guards against a recycled pid after a reboot)."""
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return str(run) in cmdline
+
+
+# ---------------------------------------------------------------- job view ------------------------------------
+
+@dataclass
+class JobInfo:
+    """What the UI and the API show for one run folder."""
+
+    id: str
+    run_dir: str
+    status: str
+    position: int | None = None  # 1 = next to start, while queued
+    frame: int | None = None
+    total: int | None = None
+    fps: float | None = None
+    eta: float | None = None
+    stage: str | None = None
+    error: dict | None = None
+    outputs: dict[str, str] = field(default_factory=dict)  # format -> absolute path
+    previews: list[str] = field(default_factory=list)  # absolute paths
+    input: str | None = None
+    created: float | None = None
+    exit_code: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def files(self) -> list[str]:
+        return list(self.outputs.values()) + list(self.previews)
+
+    def summary(self) -> str:
+        if self.status == QUEUED:
+            return f"queued (position {self.position})" if self.position else "queued"
+        if self.status == RUNNING and self.total:
+            bits = [f"{self.stage or 'running'} {self.frame or 0}/{self.total}"]
+            if self.fps:
+                bits.append(f"{self.fps:.1f} fps")
+            if self.eta is not None:
+                bits.append(f"ETA {self.eta:.0f}s")
+            return ", ".join(bits)
+        if self.error and self.status in (FAILED, INTERRUPTED):
+            return f"{self.status}: {self.error.get('message', '')}"
+        return self.status
+
+
+def _files_in(run: Path, names: Iterable[str]) -> list[Path]:
+    out = []
+    for name in names:
+        try:
+            p = inside(run / str(name), [run])
+        except MattePodError:
+            continue  # a metadata entry pointing outside its own run folder is never served
+        if p.is_file():
+            out.append(p)
+    return out
+
+
+def read_job(run: Path, live_status: str | None = None, position: int | None = None) -> JobInfo:
+    """Merge job.json (job layer), metadata.json (the pipeline) and the progress lines into one view."""
+    run = Path(run)
+    job = _read_json(run / JOB_FILE)
+    meta = _read_json(run / "metadata.json")
+    progress, done = last_events(run)
+    if not progress:
+        progress = _read_json(run / "progress.json") or None
+
+    job_status, meta_status = job.get("status"), meta.get("status")
+    done_status = (done or {}).get("status")
+    if job_status in FINAL:
+        status = job_status  # written by the manager after the process ended: it saw everything
+    elif live_status:
+        status = live_status
+    elif meta_status in (COMPLETED, FAILED, CANCELLED):
+        status = meta_status
+    elif done_status in (COMPLETED, FAILED, CANCELLED):
+        status = done_status
+    elif job_status == QUEUED:
+        status = QUEUED
+    elif _pid_alive_for(job.get("pid"), run.resolve()):
+        status = RUNNING
+    elif job or meta:
+        status = INTERRUPTED
+    else:
+        status = "unknown"
+
+    error = job.get("error") or meta.get("error") or (done or {}).get("error")
+    if status == INTERRUPTED and not error:
+        error = {"type": "Interrupted", "exit_code": None,
+                 "message": "the job stopped without finishing (app or pod restarted?); "
+                            f"resume it: python -m mattepod run {run}/config.yaml --resume {run}"}
+    if error is not None and not isinstance(error, dict):
+        error = {"type": "Error", "message": str(error), "exit_code": job.get("exit_code")}
+
+    outputs_meta = meta.get("outputs") or (done or {}).get("outputs") or {}
+    outputs: dict[str, str] = {}
+    if isinstance(outputs_meta, dict):
+        for fmt, name in outputs_meta.items():
+            found = _files_in(run, [name])
+            if found:
+                outputs[str(fmt)] = str(found[0])
+    previews = [str(p) for p in _files_in(run, meta.get("previews") or [])]
+    if not previews and (run / "previews").is_dir():
+        previews = [str(p) for p in sorted((run / "previews").glob("*.png"))]
+
+    frames = meta.get("frames") or {}
+    p = progress or {}
+    return JobInfo(
+        id=run.name, run_dir=str(run), status=status, position=position if status == QUEUED else None,
+        frame=p.get("frame", frames.get("done")), total=p.get("total", frames.get("total")),
+        fps=p.get("fps"), eta=p.get("eta"), stage=p.get("stage"), error=error,
+        outputs=outputs, previews=previews, input=job.get("input") or (meta.get("input") or {}).get("path"),
+        created=job.get("created") or (run.stat().st_mtime if run.exists() else None),
+        exit_code=job.get("exit_code"))
+
+
+# ---------------------------------------------------------------- manager -------------------------------------
+
+@dataclass
+class _Live:
+    run: Path
+    proc: subprocess.Popen | None = None
+    pid: int | None = None
+    cancel: bool = False
+    finished: threading.Event = field(default_factory=threading.Event)
+
+
+class JobManager:
+    """A queue of run folders executed by at most ``max_running`` job processes at once.
+
+    ``command(run)`` builds the argv (default: the real CLI script); tests pass a small fake script there.
+    On start the manager adopts what an earlier app left behind: jobs still running keep their slot until
+    they exit, queued ones are queued again in their original order.
+    """
+
+    def __init__(self, output_dir: str | Path, max_running: int | None = None,
+                 command: Callable[[Path], list[str]] | None = None, env: dict[str, str] | None = None,
+                 kill_grace: float = 10.0, poll: float = 0.25, recover: bool = True):
+        self.output_dir = Path(output_dir).resolve()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.max_running = max_running or int(os.environ.get("MATTEPOD_MAX_JOBS", "1"))
+        self.command = command or default_command
+        self.env = env
+        self.kill_grace = kill_grace
+        self.poll = poll
+        self._lock = threading.Condition()
+        self._queue: deque[str] = deque()
+        self._live: dict[str, _Live] = {}
+        self._running = 0
+        self._closed = False
+        if recover:
+            self._recover()
+        self._dispatcher = threading.Thread(target=self._dispatch, name="mattepod-jobs", daemon=True)
+        self._dispatcher.start()
+
+    # -- public ------------------------------------------------------------------------------------------------
+
+    def run_path(self, job_id: str) -> Path:
+        run = inside(self.output_dir / check_job_id(job_id), [self.output_dir])
+        if not run.is_dir():
+            raise InputNotFoundError(f"no job {job_id!r} in {self.output_dir}", "list the jobs to see their ids")
+        return run
+
+    def submit(self, run: str | Path) -> str:
+        """Queue a run folder made by ``create_run``; returns the job id (the folder name)."""
+        run = inside(run, [self.output_dir])
+        if not (run / "config.yaml").is_file():
+            raise RunStateError(f"{run} has no config.yaml", "create the run with mattepod.jobs.create_run")
+        with self._lock:
+            if run.name in self._live:
+                raise RunStateError(f"job {run.name} is already queued or running", "wait for it or cancel it")
+            self._live[run.name] = _Live(run)
+            self._queue.append(run.name)
+            self._lock.notify_all()
+        return run.name
+
+    def status(self, job_id: str) -> JobInfo:
+        run = self.run_path(job_id)
+        with self._lock:
+            live = self._live.get(run.name)
+            position = self._queue.index(run.name) + 1 if run.name in self._queue else None
+            live_status = None
+            if live is not None and not live.finished.is_set():
+                live_status = QUEUED if position else RUNNING
+        return read_job(run, live_status, position)
+
+    def list_jobs(self) -> list[JobInfo]:
+        """Every run folder in the output folder, newest first."""
+        runs = [p for p in self.output_dir.iterdir()
+                if p.is_dir() and ((p / JOB_FILE).exists() or (p / "metadata.json").exists())]
+        infos = []
+        for run in runs:
+            try:
+                infos.append(self.status(run.name))
+            except MattePodError:
+                continue
+        return sorted(infos, key=lambda j: j.created or 0, reverse=True)
+
+    def cancel(self, job_id: str) -> JobInfo:
+        """Stop a job: dequeue it, or SIGTERM its process group (SIGKILL after ``kill_grace`` seconds)."""
+        run = self.run_path(job_id)
+        with self._lock:
+            live = self._live.get(run.name)
+            if live is None or live.finished.is_set():
+                info = read_job(run)
+                if info.status in (QUEUED, RUNNING):  # left by an earlier app process
+                    pid = _read_json(run / JOB_FILE).get("pid")
+                    if info.status == RUNNING and _pid_alive_for(pid, run):
+                        _kill_group(pid, self.kill_grace)
+                    _update_job_file(run, status=CANCELLED, finished=time.time())
+                return read_job(run)
+            live.cancel = True
+            if run.name in self._queue:
+                self._queue.remove(run.name)
+                _update_job_file(run, status=CANCELLED, finished=time.time())
+                live.finished.set()
+                self._lock.notify_all()
+                return read_job(run)
+            pid = live.pid
+        if pid:
+            _kill_group(pid, self.kill_grace)
+        live.finished.wait(self.kill_grace + 5)
+        return self.status(run.name)
+
+    def wait(self, job_id: str, timeout: float | None = None) -> JobInfo:
+        with self._lock:
+            live = self._live.get(check_job_id(job_id))
+        if live is not None:
+            live.finished.wait(timeout)
+        return self.status(job_id)
+
+    def close(self, cancel_running: bool = False) -> None:
+        with self._lock:
+            self._closed = True
+            lives = list(self._live.values())
+            self._lock.notify_all()
+        if cancel_running:
+            for live in lives:
+                if live.pid and not live.finished.is_set():
+                    _kill_group(live.pid, self.kill_grace)
+
+    # -- internals ---------------------------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        queued = []
+        for run in self.output_dir.iterdir():
+            job = _read_json(run / JOB_FILE) if run.is_dir() else {}
+            if job.get("status") == QUEUED:
+                queued.append((job.get("created") or 0, run))
+            elif job.get("status") == RUNNING and _pid_alive_for(job.get("pid"), run):
+                live = _Live(run, pid=job["pid"])
+                self._live[run.name] = live
+                self._running += 1
+                threading.Thread(target=self._adopt, args=(live,), daemon=True).start()
+        for _, run in sorted(queued):
+            self._live[run.name] = _Live(run)
+            self._queue.append(run.name)
+
+    def _adopt(self, live: _Live) -> None:
+        """Hold a slot for a job started by an earlier app process until its pid is gone."""
+        while _pid_alive_for(live.pid, live.run):
+            time.sleep(self.poll)
+        self._finish(live, None)
+
+    def _dispatch(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closed and (not self._queue or self._running >= self.max_running):
+                    self._lock.wait()
+                if self._closed:
+                    return
+                job_id = self._queue.popleft()
+                live = self._live[job_id]
+                self._running += 1
+            threading.Thread(target=self._execute, args=(live,), name=f"job-{job_id}", daemon=True).start()
+
+    def _execute(self, live: _Live) -> None:
+        run = live.run
+        argv = self.command(run)
+        env = dict(os.environ if self.env is None else self.env)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        try:
+            with open(run / STDOUT_FILE, "ab") as out, open(run / STDERR_FILE, "ab") as err:
+                proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                        cwd=str(REPO_ROOT), env=env, start_new_session=True)
+        except OSError as exc:
+            _update_job_file(run, status=FAILED, finished=time.time(), exit_code=None,
+                             error={"type": "LaunchError", "message": f"cannot start the job: {exc}",
+                                    "exit_code": None})
+            self._finish(live, None, already_written=True)
+            return
+        with self._lock:
+            live.proc, live.pid = proc, proc.pid
+            cancelled_early = live.cancel
+        _update_job_file(run, status=RUNNING, pid=proc.pid, started=time.time(), argv=argv)
+        if cancelled_early:
+            _kill_group(proc.pid, self.kill_grace)
+        rc = proc.wait()
+        self._finish(live, rc)
+
+    def _finish(self, live: _Live, rc: int | None, already_written: bool = False) -> None:
+        run = live.run
+        if not already_written:
+            meta = _read_json(run / "metadata.json")
+            _, done = last_events(run)
+            if live.cancel:
+                status, error = CANCELLED, None
+            elif meta.get("status") in (COMPLETED, FAILED, CANCELLED):
+                status, error = meta["status"], meta.get("error")
+            elif done and done.get("status") in (COMPLETED, FAILED, CANCELLED):
+                status, error = done["status"], done.get("error")
+            elif rc == 0:
+                status, error = COMPLETED, None
+            elif rc is None:  # adopted job whose exit we could not see
+                status, error = INTERRUPTED, None
+            else:
+                status = CANCELLED if rc in (130, -signal.SIGTERM, -signal.SIGINT) else FAILED
+                error = None if status == CANCELLED else {
+                    "type": "JobFailed", "exit_code": rc,
+                    "message": _stderr_tail(run) or f"the job exited with code {rc}"}
+            if status == INTERRUPTED:
+                _update_job_file(run, status=INTERRUPTED, finished=time.time())
+            else:
+                _update_job_file(run, status=status, finished=time.time(), exit_code=rc, error=error)
+        with self._lock:
+            self._running -= 1
+            live.finished.set()
+            self._lock.notify_all()
+
+
+def default_command(run: Path) -> list[str]:
+    """The real job: the CLI script on the run folder's own config (env MATTEPOD_JOB_SCRIPT overrides)."""
+    script = os.environ.get("MATTEPOD_JOB_SCRIPT") or str(DEFAULT_SCRIPT)
+    return [sys.executable, script, str(run / "config.yaml"), "--run-dir", str(run), "--progress-json"]
+
+
+def _kill_group(pid: int, grace: float) -> None:
+    """SIGTERM the job's process group (the CLI and its ffmpeg children), SIGKILL what is left after ``grace``."""
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    if pgid == os.getpgrp():  # never signal our own group (a job must run in its own session)
+        os.kill(pid, signal.SIGKILL)
+        return
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
