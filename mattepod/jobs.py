@@ -26,10 +26,13 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from mattepod import config as configmod
 from mattepod.errors import InputNotFoundError, MattePodError, RunStateError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SCRIPT = REPO_ROOT / "scripts" / "run_inference.py"
@@ -89,8 +92,13 @@ def check_job_id(job_id: str) -> str:
 
 # ---------------------------------------------------------------- run folders ---------------------------------
 
-def create_run(cfg: configmod.Config, output_dir: str | Path, stem: str | None = None) -> Path:
-    """Make ``<output>/<stem>_<YYYYmmdd-HHMMSS>/`` (a suffix when taken), write config.yaml and job.json."""
+def create_run(cfg: configmod.Config, output_dir: str | Path, stem: str | None = None,
+               mask: "np.ndarray | None" = None) -> Path:
+    """Make ``<output>/<stem>_<YYYYmmdd-HHMMSS>/`` (a suffix when taken), write config.yaml and job.json.
+
+    ``mask`` (float (H, W) in [0, 1], e.g. SAM 2 + brush edits from the UI) is saved as the run's own
+    ``prompt_mask.png`` and becomes ``prompt.mask``, so the job needs no SAM 2 and the run is repeatable.
+    """
     output_dir = Path(output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem or Path(cfg.input or "run").stem).strip("._") or "run"
@@ -104,7 +112,16 @@ def create_run(cfg: configmod.Config, output_dir: str | Path, stem: str | None =
             continue
     else:  # pragma: no cover - a thousand runs in one second
         raise RunStateError(f"cannot create a run folder for {base} in {output_dir}", "try again")
-    cfg = cfg.model_copy(update={"output_dir": str(output_dir)})
+    data = cfg.model_dump(mode="json")
+    data["output_dir"] = str(output_dir)
+    if mask is not None:
+        import cv2
+        import numpy as np
+
+        png = run / "prompt_mask.png"
+        cv2.imwrite(str(png), (np.clip(np.asarray(mask, np.float32), 0, 1) * 255).round().astype(np.uint8))
+        data["prompt"].update(mask=str(png), points=[], box=None)
+    cfg = configmod.validate(data, "job config")
     (run / "config.yaml").write_text(configmod.dump(cfg))
     _write_json(run / JOB_FILE, {"status": QUEUED, "created": time.time(), "input": cfg.input,
                                  "pid": None, "exit_code": None, "error": None})
@@ -340,8 +357,11 @@ class JobManager:
         if not (run / "config.yaml").is_file():
             raise RunStateError(f"{run} has no config.yaml", "create the run with mattepod.jobs.create_run")
         with self._lock:
-            if run.name in self._live:
-                raise RunStateError(f"job {run.name} is already queued or running", "wait for it or cancel it")
+            live = self._live.get(run.name)
+            if live is not None and not live.finished.is_set():
+                return run.name  # already queued (e.g. picked up from disk when the manager started)
+            if read_job(run).status != QUEUED:
+                raise RunStateError(f"job {run.name} has already run", "create a new run folder for a new job")
             self._live[run.name] = _Live(run)
             self._queue.append(run.name)
             self._lock.notify_all()
@@ -505,7 +525,8 @@ class JobManager:
 def default_command(run: Path) -> list[str]:
     """The real job: the CLI script on the run folder's own config (env MATTEPOD_JOB_SCRIPT overrides)."""
     script = os.environ.get("MATTEPOD_JOB_SCRIPT") or str(DEFAULT_SCRIPT)
-    return [sys.executable, script, str(run / "config.yaml"), "--run-dir", str(run), "--progress-json"]
+    entry = [script] if Path(script).is_file() else ["-m", "mattepod", "run"]
+    return [sys.executable, *entry, str(run / "config.yaml"), "--run-dir", str(run), "--progress-json"]
 
 
 def _kill_group(pid: int, grace: float) -> None:
