@@ -451,7 +451,7 @@ def build_app(state: AppState) -> gr.Blocks:
         with gr.Tab("Jobs", elem_id="jobs-tab"):
             refresh = gr.Button("Refresh")
             table = gr.Dataframe(headers=["job", "status", "frames", "created", "outputs", "error"],
-                                 value=lambda: jobs_table(state), interactive=False, elem_id="jobs-table")
+                                 interactive=False, elem_id="jobs-table")
             pick = gr.Textbox(label="Job id (click a row)", elem_id="job-pick")
             with gr.Row():
                 show_btn = gr.Button("Show")
@@ -587,6 +587,7 @@ def build_app(state: AppState) -> gr.Blocks:
         # ---- jobs tab ----------------------------------------------------------------------------------------
 
         refresh.click(lambda: jobs_table(state), None, table, api_visibility="private")
+        demo.load(lambda: jobs_table(state), None, table, api_visibility="private")
         timer.tick(lambda: jobs_table(state), None, table, api_visibility="private")
 
         def pick_row(evt: gr.SelectData):
@@ -617,10 +618,10 @@ def build_app(state: AppState) -> gr.Blocks:
             api_options = gr.Textbox(label="options")
             api_job = gr.Textbox(label="job_id")
             api_json = gr.JSON(label="result")
-            api_files = gr.File(label="files", file_count="multiple")
+            api_files_out = gr.File(label="files", file_count="multiple")
             api_btn = gr.Button()
 
-        def api_submit(video, input_path, pts, box, prompt_frame, mask, options):
+        def api_submit(video, input_path, points, box, prompt_frame, mask, options):
             """Queue a job. video: an uploaded file (handle_file) or empty; input_path: a file already in the
             input/output volume; points: "[[x,y,label],...]" in pixels of the prompt frame; box: "x0,y0,x1,y1";
             mask: a mask PNG (white = subject); options: JSON of config keys, e.g. {"engine.name": "mask"}."""
@@ -646,33 +647,43 @@ def build_app(state: AppState) -> gr.Blocks:
                     m = mask_from_file(mask, size)
                 except MattePodError as err:
                     raise gr.Error(str(err)) from None
-            info = start_job(state, str(src), parse_points(pts), parse_box(box), int(prompt_frame or 0), m, opts)
+            info = start_job(state, str(src), parse_points(points), parse_box(box), int(prompt_frame or 0), m, opts)
             return info.to_dict()
 
         api_btn.click(api_submit, [api_video, api_input, api_points, api_box, api_frame, api_mask, api_options],
                       api_json, api_name="submit_job", concurrency_limit=None)
-        api_btn.click(lambda jid: job_or_error(state, jid).to_dict(), api_job, api_json, api_name="job_status",
-                      concurrency_limit=None)
+        def api_status(job_id):
+            """Status of one job: status, position, frame/total/fps/eta, error, outputs, previews."""
+            return job_or_error(state, job_id).to_dict()
 
-        def api_wait(jid):
+        api_btn.click(api_status, api_job, api_json, api_name="job_status", concurrency_limit=None)
+
+        def api_wait(job_id):
             """Block until the job ends (or 10 minutes pass); returns its status."""
-            job_or_error(state, jid)
-            state.manager.wait(jid, timeout=600)
-            return job_or_error(state, jid).to_dict()
+            job_or_error(state, job_id)
+            state.manager.wait(job_id, timeout=600)
+            return job_or_error(state, job_id).to_dict()
 
         api_btn.click(api_wait, api_job, api_json, api_name="wait_job", concurrency_limit=None)
-        api_btn.click(lambda jid: job_or_error(state, jid).files() or None, api_job, api_files,
-                      api_name="job_files", concurrency_limit=None)
+        def api_files(job_id):
+            """The job's output files and preview PNGs (downloaded by gradio_client)."""
+            return job_or_error(state, job_id).files() or None
 
-        def api_cancel(jid):
+        api_btn.click(api_files, api_job, api_files_out, api_name="job_files", concurrency_limit=None)
+
+        def api_cancel(job_id):
+            """Stop a queued or running job (its whole process group)."""
             try:
-                return state.manager.cancel(jid).to_dict()
+                return state.manager.cancel(job_id).to_dict()
             except MattePodError as err:
                 raise gr.Error(str(err)) from None
 
         api_btn.click(api_cancel, api_job, api_json, api_name="cancel_job", concurrency_limit=None)
-        api_btn.click(lambda: [j.to_dict() for j in state.manager.list_jobs()], None, api_json,
-                      api_name="list_jobs", concurrency_limit=None)
+        def api_list():
+            """Every job in the output folder, newest first."""
+            return [j.to_dict() for j in state.manager.list_jobs()]
+
+        api_btn.click(api_list, None, api_json, api_name="list_jobs", concurrency_limit=None)
     return demo
 
 
