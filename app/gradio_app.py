@@ -503,12 +503,13 @@ def build_app(state: AppState) -> gr.Blocks:
             ctl.input(show_frame, frame_inputs, frame_outputs, api_visibility="private")
 
         def refresh_mask(frame, pts, model, mask):
-            """SAM 2 on the clicks; without SAM 2 the clicks are kept and sent to the job as points."""
+            """With SAM 2 the clicks define the mask; without it the mask (upload/brush) is kept and the
+            clicks are sent to the job as points when there is no mask."""
             if frame is None:
                 return None, mask, _prompt_text(pts, mask)
-            new = state.sam_mask(model, frame, pts) if pts else None
-            if new is None and pts:
+            if state.prompter(model) is None:
                 return overlay(frame, mask, pts), mask, _prompt_text(pts, mask, sam=False)
+            new = state.sam_mask(model, frame, pts) if pts else None
             return overlay(frame, new, pts), new, _prompt_text(pts, new)
 
         def click(frame, pts, model, label, mask, evt: gr.SelectData):
@@ -516,19 +517,19 @@ def build_app(state: AppState) -> gr.Blocks:
                 raise gr.Error("load a video first")
             x, y = evt.index[0], evt.index[1]
             pts = [*pts, [float(x), float(y), 1 if label == POSITIVE else 0]]
-            img, new_mask, md = refresh_mask(frame, pts, model, None if pts else mask)
+            img, new_mask, md = refresh_mask(frame, pts, model, mask)
             return pts, img, new_mask, md
 
         frame_img.select(click, [frame_state, points, sam2_model, label_toggle, mask_state],
                          [points, frame_img, mask_state, prompt_md], api_visibility="private",
                          concurrency_limit=1, concurrency_id="sam2")
 
-        def undo_click(frame, pts, model):
+        def undo_click(frame, pts, model, mask):
             pts = pts[:-1]
-            img, new_mask, md = refresh_mask(frame, pts, model, None)
-            return pts, img if frame is not None else None, new_mask, md
+            img, new_mask, md = refresh_mask(frame, pts, model, mask)
+            return pts, img, new_mask, md
 
-        undo.click(undo_click, [frame_state, points, sam2_model], [points, frame_img, mask_state, prompt_md],
+        undo.click(undo_click, [frame_state, points, sam2_model, mask_state], [points, frame_img, mask_state, prompt_md],
                    api_visibility="private", concurrency_limit=1, concurrency_id="sam2")
         clear.click(lambda f: ([], f, None, _prompt_text([], None)), frame_state,
                     [points, frame_img, mask_state, prompt_md], api_visibility="private")
@@ -692,8 +693,9 @@ def _prompt_text(pts: list, mask: np.ndarray | None, sam: bool = True) -> str:
     text = f"{pos} subject click(s), {len(pts) - pos} not-subject click(s)"
     if mask is not None:
         text += f"; mask covers {100 * float((mask >= 0.5).mean()):.1f}% of the frame"
-    elif pts and not sam:
-        text += "; no SAM 2 here: the clicks go to the job, which turns them into a mask"
+    if not sam:
+        text += ("; SAM 2 is not loaded here: " + ("the mask is used" if mask is not None
+                 else "the clicks go to the job, which turns them into a mask"))
     return text
 
 

@@ -1,0 +1,101 @@
+"""Shared helpers for the app tests: generated clips, a free port, the real app in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+# The subject: a white square moving right over a dark grey background.
+BOX = {"x0": 20, "y0": 30, "size": 40, "speed": 2}
+
+
+def make_clip(path: Path, frames: int = 20, w: int = 160, h: int = 96, fps: int = 10) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    b = BOX
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"color=c=0x202020:s={w}x{h}:r={fps}",
+         "-vf", f"drawbox=x='{b['x0']}+t*{b['speed'] * fps}':y={b['y0']}:w={b['size']}:h={b['size']}:c=white:t=fill",
+         "-frames:v", str(frames), "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "ultrafast", str(path)],
+        check=True, timeout=60)
+    return path
+
+
+def box_mask(frame: int = 0, w: int = 160, h: int = 96) -> np.ndarray:
+    m = np.zeros((h, w), np.uint8)
+    x = BOX["x0"] + frame * BOX["speed"]
+    m[BOX["y0"] : BOX["y0"] + BOX["size"], x : x + BOX["size"]] = 255
+    return m
+
+
+def write_mask(path: Path, frame: int = 0) -> Path:
+    cv2.imwrite(str(path), box_mask(frame))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningApp:
+    """app/gradio_app.py started for real on 127.0.0.1 in its own process group."""
+
+    def __init__(self, root: Path, env: dict[str, str] | None = None):
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.input, self.output, self.weights = root / "input", root / "output", root / "weights"
+        for d in (self.input, self.output, self.weights):
+            d.mkdir(parents=True, exist_ok=True)
+        self.log = root / f"app-{self.port}.log"
+        full = {k: v for k, v in os.environ.items()
+                if k not in ("GRADIO_USERNAME", "GRADIO_PASSWORD", "APP_PASSWORD")}
+        full.update({"INPUT_DIR": str(self.input), "OUTPUT_DIR": str(self.output),
+                     "MODEL_CACHE_DIR": str(self.weights), "GRADIO_SERVER_NAME": "127.0.0.1",
+                     "GRADIO_SERVER_PORT": str(self.port), "GRADIO_ANALYTICS_ENABLED": "False",
+                     "GRADIO_TEMP_DIR": str(root / "gradio-cache"), "PYTHONPATH": str(REPO),
+                     "OMP_NUM_THREADS": "1"})
+        full.update(env or {})
+        self.proc = subprocess.Popen([sys.executable, str(REPO / "app" / "gradio_app.py")], cwd=str(root),
+                                     env=full, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self._wait_up()
+
+    def _wait_up(self, timeout: float = 90) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"app exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(self.url + "gradio_api/info", timeout=2)
+                return
+            except urllib.error.HTTPError:
+                return  # 401 with auth on: the server is up
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.3)
+        raise RuntimeError(f"app did not start in {timeout}s:\n{self.log.read_text()[-3000:]}")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
