@@ -20,20 +20,31 @@ REPO = Path(__file__).resolve().parent.parent
 BOX = {"x0": 20, "y0": 30, "size": 40, "speed": 2}
 
 
+def render_frame(n: int, w: int = 160, h: int = 96) -> np.ndarray:
+    """Frame ``n`` of the test clip (RGB): the white square at x0 + n*speed on dark grey."""
+    frame = np.full((h, w, 3), 32, np.uint8)
+    frame[box_mask(n, w, h) > 0] = 255
+    return frame
+
+
 def make_clip(path: Path, frames: int = 20, w: int = 160, h: int = 96, fps: int = 10) -> Path:
+    """Render the frames in numpy and encode them with ffmpeg (the box position is exact per frame)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    b = BOX
-    subprocess.run(
-        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"color=c=0x202020:s={w}x{h}:r={fps}",
-         "-vf", f"drawbox=x='{b['x0']}+t*{b['speed'] * fps}':y={b['y0']}:w={b['size']}:h={b['size']}:c=white:t=fill",
-         "-frames:v", str(frames), "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "ultrafast", str(path)],
-        check=True, timeout=60)
+    proc = subprocess.Popen(
+        ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps),
+         "-i", "-", "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "12", str(path)],
+        stdin=subprocess.PIPE)
+    for n in range(frames):
+        proc.stdin.write(render_frame(n, w, h).tobytes())
+    proc.stdin.close()
+    if proc.wait(60) != 0:
+        raise RuntimeError(f"ffmpeg could not write {path}")
     return path
 
 
 def box_mask(frame: int = 0, w: int = 160, h: int = 96) -> np.ndarray:
     m = np.zeros((h, w), np.uint8)
-    x = BOX["x0"] + frame * BOX["speed"]
+    x = min(BOX["x0"] + frame * BOX["speed"], w - BOX["size"])
     m[BOX["y0"] : BOX["y0"] + BOX["size"], x : x + BOX["size"]] = 255
     return m
 

@@ -145,3 +145,20 @@ def test_bad_options_name_the_key(app, client):
         client.predict(video=None, input_path=str(app.input / "long.mp4"), points="[[1, 1, 1]]", box="",
                        prompt_frame=0, mask=None, options=json.dumps({"engine.erode": "lots"}),
                        api_name="/submit_job")
+
+
+def test_only_the_volumes_are_served(app, client):
+    import urllib.error
+    import urllib.request
+
+    def code(path):
+        try:
+            return urllib.request.urlopen(f"{app.url}gradio_api/file={path}", timeout=10).status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    (app.output / "served.txt").write_text("ok")
+    assert code(app.output / "served.txt") == 200
+    assert code("/etc/passwd") in (403, 404)
+    assert code(app.log) in (403, 404)  # the app's own folder is not a volume
+    assert code(str(app.output) + "/../" + app.log.name) in (403, 404)

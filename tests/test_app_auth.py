@@ -1,0 +1,71 @@
+"""Auth on a public URL: without the password nothing answers; with it the API works and old jobs are listed."""
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+from gradio_client import Client
+
+from tests.app_harness import RunningApp
+
+import app.gradio_app as ga
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    root = tmp_path_factory.mktemp("auth")
+    # a run left by an earlier app process: the new app must list it
+    old = root / "output" / "old_20260101-000000"
+    old.mkdir(parents=True)
+    (old / "metadata.json").write_text(json.dumps({"status": "failed", "outputs": {},
+                                                   "error": {"type": "InvalidMediaError", "exit_code": 4,
+                                                             "message": "old.mp4 is truncated"}}))
+    running = RunningApp(root, {"GRADIO_USERNAME": "ana", "GRADIO_PASSWORD": "s3cret-pw"})
+    yield running
+    running.stop()
+
+
+def status_of(url: str) -> int:
+    try:
+        return urllib.request.urlopen(url, timeout=10).status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_unauthenticated_requests_fail(app):
+    assert status_of(app.url + "config") == 401
+    assert status_of(app.url + "gradio_api/info") == 401
+    with pytest.raises(Exception):
+        Client(app.url, verbose=False)
+    with pytest.raises(Exception):
+        Client(app.url, auth=("ana", "wrong"), verbose=False)
+
+
+def test_password_opens_the_api_and_lists_earlier_jobs(app):
+    client = Client(app.url, auth=("ana", "s3cret-pw"), verbose=False)
+    jobs = {j["id"]: j for j in client.predict(api_name="/list_jobs")}
+    assert jobs["old_20260101-000000"]["status"] == "failed"
+    assert "truncated" in jobs["old_20260101-000000"]["error"]["message"]
+    assert "NO PASSWORD SET" not in app.log_text()
+
+
+def test_auth_checker_variants():
+    assert ga.auth_checker(None, None) is None
+    only_pw = ga.auth_checker(None, "pw")  # APP_PASSWORD: any user name, this password
+    assert only_pw("anyone", "pw") and not only_pw("anyone", "PW")
+    both = ga.auth_checker("ana", "pw")
+    assert both("ana", "pw") and not both("bob", "pw") and not both("ana", "")
+
+
+def test_settings_from_env(monkeypatch):
+    for k in ("GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "GRADIO_ROOT_PATH", "GRADIO_PASSWORD", "GRADIO_USERNAME"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("APP_PASSWORD", "x")
+    s = ga.settings()
+    assert (s["server_name"], s["server_port"], s["root_path"], s["password"]) == ("0.0.0.0", 7860, None, "x")
+    monkeypatch.setenv("GRADIO_ROOT_PATH", "/matte")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "9000")
+    monkeypatch.setenv("GRADIO_MAX_FILE_SIZE", "2gb")
+    s = ga.settings()
+    assert (s["root_path"], s["server_port"], s["max_file_size"]) == ("/matte", 9000, "2gb")
