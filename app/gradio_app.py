@@ -378,6 +378,9 @@ def jobs_table(state: AppState) -> list[list[Any]]:
 
 def build_app(state: AppState) -> gr.Blocks:
     roots = state.roots
+    # Finished outputs are served from the output volume as they are, not copied into Gradio's cache
+    # (a VR180 master can be many GB). Auth still applies to these files.
+    gr.set_static_paths([str(roots.output)])
     with gr.Blocks(title="MattePod") as demo:
         gr.Markdown("# MattePod — video matting\nUpload a video, pick a frame, click on the subject, run.")
         video_path = gr.State("")
@@ -411,7 +414,7 @@ def build_app(state: AppState) -> gr.Blocks:
                     mask_upload = gr.File(label="…or upload a mask PNG (white = subject)", file_types=["image"],
                                           type="filepath", elem_id="mask-upload")
                 with gr.Column(scale=2):
-                    frame_img = gr.Image(label="Click on the subject", interactive=False, type="numpy",
+                    frame_img = gr.Image(label="Click on the subject", interactive=False, type="numpy", height=420,
                                          elem_id="frame", buttons=["fullscreen"])
                     prompt_md = gr.Markdown("", elem_id="prompt-info")
                     with gr.Accordion("Brush: paint (green) or erase (red) the mask", open=False):
@@ -437,7 +440,7 @@ def build_app(state: AppState) -> gr.Blocks:
                     dilate = gr.Number(value=state.base.engine.dilate, precision=0, label="Dilate")
                     warmup = gr.Number(value=state.base.engine.warmup, precision=0, label="Warm-up")
                     colour = gr.ColorPicker(value=state.base.outputs.color, label="Background colour")
-                    max_frames = gr.Number(value=None, precision=0, label="Max frames (empty = all)")
+                    max_frames = gr.Number(value=0, precision=0, minimum=0, label="Max frames (0 = all)")
             with gr.Row():
                 run_btn = gr.Button("Run", variant="primary", elem_id="run")
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
