@@ -459,11 +459,11 @@ def build_app(state: AppState) -> gr.Blocks:
             with gr.Row():
                 show_btn = gr.Button("Show")
                 job_cancel = gr.Button("Cancel this job", variant="stop")
-            job_md = gr.Markdown("")
+            job_md = gr.Markdown("", elem_id="job-detail")
             with gr.Row():
                 job_alpha = gr.Video(label="Alpha", interactive=False)
                 job_other = gr.Video(label="Foreground", interactive=False)
-            job_files = gr.File(label="Downloads", file_count="multiple", interactive=False)
+            job_files = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="job-files")
             job_previews = gr.Gallery(label="Previews", columns=4, height=220)
             timer = gr.Timer(5.0)
 

@@ -21,6 +21,7 @@ def app(tmp_path_factory):
     (old / "metadata.json").write_text(json.dumps({"status": "failed", "outputs": {},
                                                    "error": {"type": "InvalidMediaError", "exit_code": 4,
                                                              "message": "old.mp4 is truncated"}}))
+    (root / "output" / "result.txt").write_text("private")
     running = RunningApp(root, {"GRADIO_USERNAME": "ana", "GRADIO_PASSWORD": "s3cret-pw"})
     yield running
     running.stop()
@@ -36,6 +37,7 @@ def status_of(url: str) -> int:
 def test_unauthenticated_requests_fail(app):
     assert status_of(app.url + "config") == 401
     assert status_of(app.url + "gradio_api/info") == 401
+    assert status_of(app.url + "gradio_api/file=" + str(app.output / "result.txt")) in (401, 403)
     with pytest.raises(Exception):
         Client(app.url, verbose=False)
     with pytest.raises(Exception):

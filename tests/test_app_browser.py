@@ -103,6 +103,9 @@ def test_upload_click_run_download(app, tmp_path):
         page.get_by_role("tab", name="Jobs").click()
         page.wait_for_selector("#jobs-table")
         text_has(page, "#jobs-table", "completed")
+        page.locator("#jobs-table").get_by_text("walk_").filter(visible=True).first.click()
+        text_has(page, "#job-detail", "completed")
+        page.wait_for_selector("#job-files a[download$='_alpha.mp4']")
         shot(page, "jobs-tab")
         browser.close()
 
