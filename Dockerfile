@@ -57,7 +57,6 @@ ENV NVIDIA_VISIBLE_DEVICES=all \
     HF_HOME=/workspace/.cache/huggingface \
     PORT=7860 \
     GRADIO_SERVER_NAME=0.0.0.0 \
-    GRADIO_SERVER_PORT=7860 \
     STARTUP_COMMAND="python /opt/mattepod/app/gradio_app.py"
 
 ENTRYPOINT ["/usr/bin/tini", "-g", "--", "/opt/mattepod/docker/entrypoint.sh"]

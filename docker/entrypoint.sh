@@ -9,7 +9,16 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 log() { printf '[entrypoint] %s\n' "$*" >&2; }
 
+# An empty variable (a RunPod template field left blank) means "not set": huggingface_hub would otherwise take
+# HF_ENDPOINT="" as the hub's address.
+for name in HF_ENDPOINT HF_TOKEN HF_HOME HF_HUB_OFFLINE HF_HUB_ETAG_TIMEOUT MODELS MATTEPOD_WEIGHTS_MANIFEST \
+            MATTEPOD_FFMPEG_DIR HEALTHCHECK_URL STARTUP_COMMAND PORT; do
+    if [[ -z "${!name-}" ]]; then unset "$name"; fi
+done
+
 export PORT="${PORT:-7860}"
+export GRADIO_SERVER_PORT="${GRADIO_SERVER_PORT:-$PORT}"
+export GRADIO_SERVER_NAME="${GRADIO_SERVER_NAME:-0.0.0.0}"
 export MODEL_CACHE_DIR="${MODEL_CACHE_DIR:-/workspace/weights}"
 export OUTPUT_DIR="${OUTPUT_DIR:-/workspace/output}"
 startup_command="${STARTUP_COMMAND:-python /opt/mattepod/app/gradio_app.py}"

@@ -45,7 +45,7 @@ class Settings:
     """Everything that steers a setup run; ``from_env`` reads the variables documented in .env.example."""
 
     weights_dir: Path
-    endpoint: str | None = None  # HF_ENDPOINT; None = huggingface_hub's default
+    endpoint: str | None = None  # HF_ENDPOINT (from_env: https://huggingface.co when unset or empty)
     token: str | None = None  # HF_TOKEN
     offline: bool = False  # HF_HUB_OFFLINE
     retries: int = 4  # MATTEPOD_DOWNLOAD_RETRIES: extra tries after the first
@@ -75,7 +75,8 @@ class Settings:
             raise WeightsError(f"MATTEPOD_VERIFY={verify!r} is not stamp or full", "set MATTEPOD_VERIFY=stamp or full")
         return cls(
             weights_dir=Path(weights_dir or env.get("MODEL_CACHE_DIR") or "weights"),
-            endpoint=(env.get("HF_ENDPOINT") or "").rstrip("/") or None,
+            # explicit default: huggingface_hub reads an empty HF_ENDPOINT as "" at import time
+            endpoint=(env.get("HF_ENDPOINT") or "").rstrip("/") or "https://huggingface.co",
             token=env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN") or None,
             offline=_truthy(env.get("HF_HUB_OFFLINE")),
             retries=int(num("MATTEPOD_DOWNLOAD_RETRIES", 4)),
