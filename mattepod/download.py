@@ -15,6 +15,7 @@ without the network (hashing only files whose size or mtime changed, or every fi
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -183,34 +184,68 @@ def check_local(model: Model, wf: WeightFile, folder: Path, record: dict[str, An
 
 @contextlib.contextmanager
 def model_lock(weights_dir: Path, name: str, timeout: float, log: Log) -> Iterator[None]:
-    """An exclusive flock on ``<weights_dir>/.locks/<name>.lock`` shared by every container on the volume."""
+    """An exclusive lock on ``<weights_dir>/.locks/<name>.lock`` shared by every container on the volume.
+
+    ``flock`` where the filesystem supports it (the kernel drops it when a container dies); on a network volume
+    without it, an atomically created ``<name>.lock.d`` folder, taken over once older than ``timeout``.
+    """
     lock_dir = weights_dir / LOCK_DIR
     lock_dir.mkdir(parents=True, exist_ok=True)
     path = lock_dir / f"{name}.lock"
+    deadline = time.monotonic() + timeout
+    told = False
+
+    def wait(holder: Path) -> None:
+        nonlocal told
+        if not told:
+            log(f"{name}: another process is fetching it (lock {holder}); waiting")
+            told = True
+        if time.monotonic() > deadline:
+            raise WeightsError(f"{name}: lock {holder} still held after {timeout:.0f}s",
+                               "another container is stuck downloading; stop it, or raise MATTEPOD_LOCK_TIMEOUT")
+        time.sleep(0.2)
+
+    owner = f"pid {os.getpid()} host {os.uname().nodename}\n"
     with open(path, "a+") as handle:
-        deadline = time.monotonic() + timeout
-        told = False
-        while True:
+        use_flock = True
+        while use_flock:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if not told:
-                    log(f"{name}: another process is fetching it (lock {path}); waiting")
-                    told = True
-                if time.monotonic() > deadline:
-                    raise WeightsError(f"{name}: lock {path} still held after {timeout:.0f}s",
-                                       "another container is stuck downloading; stop it, or raise "
-                                       "MATTEPOD_LOCK_TIMEOUT") from None
-                time.sleep(0.2)
+                wait(path)
+            except OSError as exc:  # ENOLCK/EOPNOTSUPP: some network filesystems have no flock
+                log(f"{name}: file locks unsupported on {lock_dir} ({exc.strerror}); using a lock folder")
+                use_flock = False
+        if use_flock:
+            try:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(owner)
+                handle.flush()
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            return
+    folder = lock_dir / f"{name}.lock.d"
+    while True:
         try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()} host {os.uname().nodename}\n")
-            handle.flush()
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            folder.mkdir()
+            break
+        except FileExistsError:
+            try:
+                if time.time() - folder.stat().st_mtime > timeout:
+                    log(f"{name}: taking over the stale lock {folder}")
+                    shutil.rmtree(folder, ignore_errors=True)
+                    continue
+            except FileNotFoundError:
+                continue
+            wait(folder)
+    try:
+        (folder / "owner").write_text(owner)
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------------- hub
@@ -244,11 +279,12 @@ def _classify(exc: BaseException, model: Model, wf: WeightFile, settings: Settin
     return _Retry(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": "))
 
 
-def _fetch_once(model: Model, wf: WeightFile, folder: Path, settings: Settings, log: Log) -> dict[str, Any]:
+def _fetch_once(model: Model, wf: WeightFile, folder: Path, settings: Settings, log: Log,
+                revision: str) -> dict[str, Any]:
     """One metadata request + one download + verification; returns the record entry. Raises on any failure."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
-    url = hf_hub_url(model.repo_id, wf.filename, revision=model.revision, endpoint=settings.endpoint)
+    url = hf_hub_url(model.repo_id, wf.filename, revision=revision, endpoint=settings.endpoint)
     meta = get_hf_file_metadata(url, token=settings.token, timeout=settings.timeout, endpoint=settings.endpoint)
     etag, commit, size = (meta.etag or "").lower(), meta.commit_hash, meta.size
     if not commit or not etag:
@@ -288,17 +324,38 @@ def _fetch_once(model: Model, wf: WeightFile, folder: Path, settings: Settings, 
 
 
 def _fetch(model: Model, wf: WeightFile, folder: Path, settings: Settings, log: Log,
-           present: bool) -> dict[str, Any] | None:
-    """``_fetch_once`` with retries; None when the hub is unreachable but a present file may be kept."""
+           present: bool, commit: str | None = None) -> dict[str, Any] | None:
+    """``_fetch_once`` with retries; None when the hub is unreachable but a present file may be kept.
+
+    ``commit``: the commit the model's other files came from; fetching from it keeps a model's files consistent
+    when the branch moved on since (falls back to the manifest revision if the hub no longer has that commit).
+    """
+    from huggingface_hub.errors import RevisionNotFoundError
+
     tries = 1 if present else settings.retries + 1
     last = ""
+    revision = commit or model.revision
     for attempt in range(tries):
         try:
-            return _fetch_once(model, wf, folder, settings, log)
+            return _fetch_once(model, wf, folder, settings, log, revision)
         except (WeightsError, DiskFullError):
             raise
         except _Retry as exc:
             last = str(exc)
+        except RevisionNotFoundError as exc:
+            if revision == model.revision:
+                raise _classify(exc, model, wf, settings) from None
+            log(f"{model.name}: commit {revision[:12]} is gone from the hub; taking {model.revision}")
+            revision = model.revision
+            continue
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DiskFullError(f"{folder} ran out of space while downloading {wf.filename}",
+                                    "free space on the volume or mount a bigger one") from None
+            final = _classify(exc, model, wf, settings)
+            if not isinstance(final, _Retry):
+                raise final from None
+            last = str(final)
         except Exception as exc:  # noqa: BLE001 - network stacks raise many kinds; classified below
             final = _classify(exc, model, wf, settings)
             if not isinstance(final, _Retry):
@@ -330,6 +387,9 @@ def ensure_model(model: Model, settings: Settings, log: Log = print) -> list[Fil
 
     checks = local_pass(read_record(folder))
     if all(ok for _, ok, _, _ in checks):  # the common restart: no lock, no network
+        if any(reason == "verified (hashed)" for _, _, reason, _ in checks):
+            with model_lock(settings.weights_dir, model.name, settings.lock_timeout, log):
+                _stamp(folder, model, [(wf, sha) for wf, _, _, sha in checks])
         return [FileResult(model.name, wf.filename, folder / wf.filename, "verified", sha,
                            (folder / wf.filename).stat().st_size) for wf, _, _, sha in checks]
 
@@ -363,7 +423,8 @@ def ensure_model(model: Model, settings: Settings, log: Log = print) -> list[Fil
             elif not present:
                 log(f"{model.name}: {wf.filename} missing; fetching it")
             start = time.monotonic()
-            entry = _fetch(model, wf, folder, settings, log, present=keep_if_unreachable)
+            commit = next((e.get("commit") for e in record["files"].values() if e.get("commit")), None)
+            entry = _fetch(model, wf, folder, settings, log, present=keep_if_unreachable, commit=commit)
             if entry is None:
                 results.append(FileResult(model.name, wf.filename, path, "unverified", None, path.stat().st_size))
                 continue
@@ -373,6 +434,18 @@ def ensure_model(model: Model, settings: Settings, log: Log = print) -> list[Fil
                                       time.monotonic() - start))
         _write_record(folder, record)
     return results
+
+
+def _stamp(folder: Path, model: Model, verified: list[tuple[WeightFile, str | None]]) -> None:
+    """Record size/mtime of files just verified by hashing, so the next start need not hash them again."""
+    record = read_record(folder)
+    if record.get("repo_id") != model.repo_id or record.get("revision") != model.revision:
+        record = {"repo_id": model.repo_id, "revision": model.revision, "files": {}}
+    files = record.setdefault("files", {})
+    for wf, sha in verified:
+        st = (folder / wf.filename).stat()
+        files.setdefault(wf.filename, {}).update(sha256=sha, size=st.st_size, mtime_ns=st.st_mtime_ns)
+    _write_record(folder, record)
 
 
 def ensure_models(names: list[str] | None = None, settings: Settings | None = None,

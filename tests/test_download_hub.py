@@ -166,3 +166,75 @@ def test_settings_from_env(tmp_path):
         Settings.from_env(env={"MATTEPOD_DOWNLOAD_RETRIES": "x"})
     with pytest.raises(WeightsError, match="MATTEPOD_VERIFY"):
         Settings.from_env(env={"MATTEPOD_VERIFY": "sometimes"})
+
+
+def test_hand_copied_files_with_manifest_pins_need_no_network_and_are_stamped(tmp_path):
+    s = settings(tmp_path, None, endpoint=closed_port_endpoint())
+    folder = s.weights_dir / "net"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_bytes(CFG)
+    (folder / "net.safetensors").write_bytes(BIG)
+    pinned = Model("net", "org/net", (WeightFile("config.json", hashlib.sha256(CFG).hexdigest()),
+                                      WeightFile("net.safetensors", hashlib.sha256(BIG).hexdigest(), len(BIG))))
+    assert [r.status for r in ensure_model(pinned, s, log=lambda m: None)] == ["verified", "verified"]
+    files = read_record(folder)["files"]
+    assert files["net.safetensors"]["mtime_ns"] == (folder / "net.safetensors").stat().st_mtime_ns
+    (folder / "net.safetensors").write_bytes(BIG[:-1] + b"\0")
+    with pytest.raises(WeightsError, match="cannot download"):  # corrupt, and the hub is unreachable
+        ensure_model(pinned, s, log=lambda m: None)
+
+
+def test_a_refetch_stays_on_the_commit_the_other_files_came_from(tmp_path, hub):
+    s = settings(tmp_path, hub)
+    ensure_model(model(), s, log=lambda m: None)
+    first_commit = hub.repos["org/net"].commit
+    (s.weights_dir / "net" / "net.safetensors").unlink()
+    hub.requests.clear()
+    ensure_model(model(), s, log=lambda m: None)
+    assert hub.requests[0].path == f"/org/net/resolve/{first_commit}/net.safetensors"
+    # the branch moved and the old commit is gone: fall back to the manifest's revision, say so
+    hub.repos["org/net"].commit = "f" * 40
+    (s.weights_dir / "net" / "net.safetensors").unlink()
+    logs: list[str] = []
+    assert ensure_model(model(), s, log=logs.append)[1].status == "downloaded"
+    assert any("is gone from the hub" in line for line in logs)
+
+
+def test_lock_folder_fallback_when_the_volume_has_no_flock(tmp_path, hub, monkeypatch):
+    import errno
+
+    from mattepod import download
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")  # what filelock (in huggingface_hub) also handles
+
+    monkeypatch.setattr(download.fcntl, "flock", no_flock)
+    s = settings(tmp_path, hub, lock_timeout=0.5)
+    logs: list[str] = []
+    assert [r.status for r in ensure_model(model(), s, log=logs.append)] == ["downloaded", "downloaded"]
+    assert any("using a lock folder" in line for line in logs)
+    held = s.weights_dir / ".locks" / "net.lock.d"
+    assert not held.exists()
+    (s.weights_dir / "net" / "config.json").unlink()
+    held.mkdir()  # another container holds it: wait; once older than MATTEPOD_LOCK_TIMEOUT it counts as dead
+    logs.clear()
+    assert ensure_model(model(), s, log=logs.append)[0].status == "downloaded"
+    assert any("another process is fetching it" in line for line in logs)
+    assert any("stale lock" in line for line in logs)
+    assert not held.exists()
+
+
+def test_disk_full_during_download_is_a_disk_full_error(tmp_path, hub, monkeypatch):
+    import errno
+
+    import huggingface_hub
+
+    from mattepod.errors import DiskFullError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", full)
+    with pytest.raises(DiskFullError, match="ran out of space") as info:
+        ensure_model(model(), settings(tmp_path, hub), log=lambda m: None)
+    assert info.value.exit_code == 8
