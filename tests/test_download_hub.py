@@ -200,6 +200,7 @@ def test_a_refetch_stays_on_the_commit_the_other_files_came_from(tmp_path, hub):
     assert any("is gone from the hub" in line for line in logs)
 
 
+@pytest.mark.filterwarnings("ignore:flock not supported:UserWarning")  # huggingface_hub falls back too
 def test_lock_folder_fallback_when_the_volume_has_no_flock(tmp_path, hub, monkeypatch):
     import errno
 
