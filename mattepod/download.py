@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mattepod.errors import DiskFullError, WeightsError
+from mattepod.errors import DiskFullError, MattePodError, WeightsError
 from mattepod.weights import Model, WeightFile, load_manifest, model_dir, select
 
 RECORD_NAME = ".mattepod-verified.json"
@@ -487,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=None,
                         help="comma-separated model names or groups (all, none, sam2, matanyone_all); "
                              "default: env MODELS, else the manifest's default selection")
+    parser.add_argument("--config", default=None,
+                        help="fetch what this run config (YAML) needs: its SAM 2.1 size and MatAnyone weights")
     parser.add_argument("--weights-dir", default=None, help="default: env MODEL_CACHE_DIR, else ./weights")
     parser.add_argument("--list", action="store_true", help="list the manifest and exit")
     parser.add_argument("--print-pins", action="store_true",
@@ -506,7 +508,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         settings = Settings.from_env(args.weights_dir)
         spec = args.models if args.models is not None else os.environ.get("MODELS")
-        names = select(spec, models, default)
+        if args.config is not None:
+            from mattepod.config import load as load_config
+            from mattepod.weights import models_for_config
+
+            from_config = models_for_config(load_config(args.config))
+            names = select(",".join(from_config + ([spec] if args.models else [])), models, default)
+        else:
+            names = select(spec, models, default)
         if not names:
             log("MODELS=none: nothing to fetch")
             return 0
@@ -522,6 +531,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_pins:
             print(json.dumps(pins(results, models, settings.weights_dir), indent=2))
         return 0
-    except (WeightsError, DiskFullError) as err:
+    except MattePodError as err:
         print(f"[weights] ERROR: {err}", file=sys.stderr, flush=True)
         return err.exit_code

@@ -147,6 +147,15 @@ def select(spec: str | None, models: dict[str, Model] | None = None,
     return chosen
 
 
+def models_for_config(cfg: Any) -> list[str]:
+    """The manifest names a run configuration (mattepod.config.Config) can need: its SAM 2.1 size for clicks,
+    boxes and auto_person prompts, and its MatAnyone weights unless the weight-free mask engine is chosen."""
+    names = [f"sam2.1_{cfg.prompt.sam2_model}"]
+    if cfg.engine.name == "matanyone":
+        names.append(cfg.engine.model)
+    return names
+
+
 def model_dir(name: str, weights_dir: str | Path) -> Path:
     return Path(weights_dir) / name
 

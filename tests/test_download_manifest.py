@@ -74,3 +74,27 @@ def test_require_message_names_the_fix(tmp_path: Path, monkeypatch):
     with pytest.raises(WeightsError) as info:
         weights.require("sam2.1_tiny", tmp_path)
     assert "download_models.py --models sam2.1_tiny" in str(info.value)
+
+
+def test_models_for_config_and_the_script_flag(tmp_path: Path, monkeypatch):
+    import subprocess
+    import sys
+
+    from mattepod.config import Config
+
+    cfg = Config()
+    assert weights.models_for_config(cfg) == ["sam2.1_base_plus", "matanyone"]
+    cfg = Config.model_validate({"prompt": {"sam2_model": "tiny"}, "engine": {"name": "mask"}})
+    assert weights.models_for_config(cfg) == ["sam2.1_tiny"]
+    conf = tmp_path / "run.yaml"
+    conf.write_text("prompt: {sam2_model: large}\nengine: {model: matanyone2}\n")
+    root = Path(__file__).resolve().parent.parent
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, str(root / "scripts" / "download_models.py"), "--config", str(conf),
+                          "--weights-dir", str(tmp_path / "w")], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 6  # offline and nothing there: the error names the first model the config needs
+    assert "models: sam2.1_large, matanyone2" in res.stderr and "HF_HUB_OFFLINE" in res.stderr
+    conf.write_text("engine: {warmup: -1}\n")
+    res = subprocess.run([sys.executable, str(root / "scripts" / "download_models.py"), "--config", str(conf)],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 2 and "engine.warmup" in res.stderr  # a bad config is a ConfigError
