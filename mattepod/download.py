@@ -317,7 +317,7 @@ def _fetch_once(model: Model, wf: WeightFile, folder: Path, settings: Settings, 
         ok = False
     if not ok:
         path.unlink(missing_ok=True)
-        raise _Retry(f"downloaded {wf.filename} does not match the hub's checksum {etag[:12]}...")
+        raise _Retry(f"downloaded {wf.filename} does not match its checksum (hub etag {etag[:12]}...)")
     st = path.stat()
     return {"sha256": sha, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "commit": commit,
             "verified_by": "manifest-sha256" if wf.sha256 else source, "etag": etag}
