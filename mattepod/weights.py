@@ -62,6 +62,14 @@ MODELS: dict[str, Model] = {
               kind="matanyone", licence="NTU S-Lab License 1.0 (non-commercial)"),
         Model("matanyone2", "PeiqingYang/MatAnyone2", (WeightFile("config.json"), WeightFile("model.safetensors")),
               kind="matanyone", licence="NTU S-Lab License 1.0 (non-commercial)"),
+        # torchvision's COCO Faster R-CNN (fasterrcnn_resnet50_fpn_coco-258fb6c6.pth, BSD-3-Clause), a
+        # byte-identical hub copy: the hub LFS oid equals the sha256 whose prefix torchvision's file name carries.
+        Model("person_detector", "zeyuzy/vision_model-base_model",
+              (WeightFile("fasterrcnn_resnet50_fpn_coco.pth",
+                          sha256="258fb6c638b15964ddcdd1ae0748c5eef1be9e732750120cc857feed3faac384",
+                          size=167502836),),
+              revision="b481c366c6b4ffa9cdc3bc241cfe73edfcbc6e48", kind="detector", licence="BSD-3-Clause",
+              extra={"arch": "torchvision.models.detection.fasterrcnn_resnet50_fpn (COCO_V1)"}),
     ]
 }
 
@@ -72,6 +80,7 @@ DEFAULT_MODELS: tuple[str, ...] = ("sam2.1_base_plus", "matanyone")
 GROUPS: dict[str, tuple[str, ...]] = {
     "sam2": ("sam2.1_tiny", "sam2.1_small", "sam2.1_base_plus", "sam2.1_large"),
     "matanyone_all": ("matanyone", "matanyone2"),
+    "detector": ("person_detector",),
 }
 
 
@@ -149,8 +158,13 @@ def select(spec: str | None, models: dict[str, Model] | None = None,
 
 def models_for_config(cfg: Any) -> list[str]:
     """The manifest names a run configuration (mattepod.config.Config) can need: its SAM 2.1 size for clicks,
-    boxes and auto_person prompts, and its MatAnyone weights unless the weight-free mask engine is chosen."""
+    boxes and auto_person prompts, the person detector for automatic prompts, and its MatAnyone weights unless
+    the weight-free mask engine is chosen."""
     names = [f"sam2.1_{cfg.prompt.sam2_model}"]
+    automatic = cfg.prompt.auto_person or cfg.prompt.reprompt_every > 0 or any(
+        getattr(k, "auto_person", False) for k in cfg.prompt.keyframes)
+    if automatic:
+        names.append("person_detector")
     if cfg.engine.name == "matanyone":
         names.append(cfg.engine.model)
     return names

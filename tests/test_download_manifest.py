@@ -14,7 +14,8 @@ from mattepod.errors import WeightsError
 def test_builtin_manifest_has_every_model_and_no_invented_hash(monkeypatch):
     monkeypatch.delenv(weights.MANIFEST_ENV, raising=False)
     models, default = weights.load_manifest()
-    assert {"sam2.1_tiny", "sam2.1_small", "sam2.1_base_plus", "sam2.1_large", "matanyone", "matanyone2"} <= set(models)
+    assert {"sam2.1_tiny", "sam2.1_small", "sam2.1_base_plus", "sam2.1_large", "matanyone", "matanyone2",
+            "person_detector"} <= set(models)
     assert set(default) <= set(models)
     for m in models.values():
         assert "/" in m.repo_id and m.revision and m.files
@@ -86,6 +87,8 @@ def test_models_for_config_and_the_script_flag(tmp_path: Path, monkeypatch):
     assert weights.models_for_config(cfg) == ["sam2.1_base_plus", "matanyone"]
     cfg = Config.model_validate({"prompt": {"sam2_model": "tiny"}, "engine": {"name": "mask"}})
     assert weights.models_for_config(cfg) == ["sam2.1_tiny"]
+    cfg = Config.model_validate({"prompt": {"auto_person": True}})
+    assert weights.models_for_config(cfg) == ["sam2.1_base_plus", "person_detector", "matanyone"]
     conf = tmp_path / "run.yaml"
     conf.write_text("prompt: {sam2_model: large}\nengine: {model: matanyone2}\n")
     root = Path(__file__).resolve().parent.parent
