@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -121,8 +122,12 @@ def test_a_corrupted_file_is_replaced_on_the_next_start(box, hub):
 
 
 def test_two_containers_sharing_a_volume_download_once(box, hub):
-    hub.chunk_delay = 0.05  # ~0.3 s per file, so the two starts overlap
-    procs = [start(box), start(box)]
+    hub.chunk_delay = 0.2  # ~1.8 s of downloading in all
+    first = start(box)
+    deadline = time.monotonic() + 60
+    while not hub.requests and time.monotonic() < deadline:  # the second pod starts while the first downloads
+        time.sleep(0.02)
+    procs = [first, start(box)]
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
     assert hub.count("/cdn/", "GET") == 2  # one GET per LFS file in total
