@@ -47,6 +47,14 @@ MODELS: dict[str, Model] = {
               kind="matanyone", licence="NTU S-Lab License 1.0 (non-commercial)"),
         Model("matanyone2", "PeiqingYang/MatAnyone2", (WeightFile("config.json"), WeightFile("model.safetensors")),
               kind="matanyone", licence="NTU S-Lab License 1.0 (non-commercial)"),
+        # torchvision's COCO Faster R-CNN (fasterrcnn_resnet50_fpn_coco-258fb6c6.pth, BSD-3-Clause), a
+        # byte-identical hub copy: the hub LFS oid equals the sha256 whose prefix torchvision's file name carries.
+        Model("person_detector", "zeyuzy/vision_model-base_model",
+              (WeightFile("fasterrcnn_resnet50_fpn_coco.pth",
+                          sha256="258fb6c638b15964ddcdd1ae0748c5eef1be9e732750120cc857feed3faac384",
+                          size=167502836),),
+              revision="b481c366c6b4ffa9cdc3bc241cfe73edfcbc6e48", kind="detector", licence="BSD-3-Clause",
+              extra={"arch": "torchvision.models.detection.fasterrcnn_resnet50_fpn (COCO_V1)"}),
     ]
 }
 
