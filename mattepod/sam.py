@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import logging
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,12 +47,21 @@ def _import_sam2() -> None:
     from hydra.core.global_hydra import GlobalHydra
 
     was_initialised = GlobalHydra.instance().is_initialized()
-    import sam2  # noqa: F401  (its __init__ initialises Hydra when nobody has)
-    import sam2.build_sam  # noqa: F401
-    import sam2.sam2_image_predictor  # noqa: F401
+    with _quiet():
+        import sam2  # noqa: F401  (its __init__ initialises Hydra when nobody has)
+        import sam2.build_sam  # noqa: F401
+        import sam2.sam2_image_predictor  # noqa: F401
 
     if not was_initialised and GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """sam2 scripts a few helpers with torch.jit.script, which torch now flags as deprecated on every load."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+        yield
 
 
 @contextlib.contextmanager
@@ -93,7 +103,7 @@ def load_model(size: str, weights_dir: str | Path, device: str = "cpu") -> Any:
 
         log.info("loading SAM 2.1 %s from %s on %s", size, ckpt, device)
         try:
-            with _sam2_hydra():
+            with _sam2_hydra(), _quiet():
                 model = build_sam2(config, str(ckpt), device=device, mode="eval")
         except Exception as exc:  # torch.load and load_state_dict fail in many ways on a bad file
             raise WeightsError(
@@ -129,8 +139,10 @@ class Sam2Prompter:
         self.size = size
         self.device = resolve_device(device)
         self.model = load_model(size, weights_dir, self.device)
-        self.predictor = SAM2ImagePredictor(self.model)
+        with _quiet():
+            self.predictor = SAM2ImagePredictor(self.model)
         self._key: tuple | None = None
+        self._lock = threading.RLock()  # the predictor holds one image: one caller at a time (UI callbacks)
         self.embed_count = 0  # how many times the image encoder ran (the cache is tested through it)
 
     def set_frame(self, frame: np.ndarray) -> None:
@@ -139,14 +151,16 @@ class Sam2Prompter:
             raise MaskError(f"frame must be uint8 RGB (H, W, 3), got {frame.dtype} {frame.shape}",
                             "pass the decoded RGB frame")
         key = _frame_key(frame)
-        if key == self._key:
-            return
-        import torch
+        with self._lock:
+            if key == self._key:
+                return
+            import torch
 
-        with torch.inference_mode():
-            self.predictor.set_image(frame)
-        self._key = key
-        self.embed_count += 1
+            self._key = None
+            with torch.inference_mode(), _quiet():
+                self.predictor.set_image(frame)
+            self._key = key
+            self.embed_count += 1
 
     def mask_for(
         self,
@@ -161,7 +175,6 @@ class Sam2Prompter:
         united. A single positive click is ambiguous (shirt or person?), so SAM's three candidates are
         scored and the best one is kept, as the SAM authors recommend; with more prompts one mask is asked.
         """
-        self.set_frame(frame)
         h, w = frame.shape[:2]
         scale = np.array([w, h], dtype=np.float32) if normalized else np.ones(2, dtype=np.float32)
         coords = labels = None
@@ -178,14 +191,16 @@ class Sam2Prompter:
 
         union = np.zeros((h, w), dtype=bool)
         box_list: list[np.ndarray | None] = list(boxes) if boxes is not None else [None]
-        for one_box in box_list:
-            multimask = one_box is None and labels is not None and len(labels) == 1
-            with torch.inference_mode():
-                masks, scores, _ = self.predictor.predict(
-                    point_coords=coords, point_labels=labels, box=one_box,
-                    multimask_output=multimask, normalize_coords=True)
-            best = masks[int(np.argmax(scores))] if multimask else masks[0]
-            union |= best.astype(bool)
+        with self._lock:  # embedding and prediction together: another thread must not swap the frame
+            self.set_frame(frame)
+            for one_box in box_list:
+                multimask = one_box is None and labels is not None and len(labels) == 1
+                with torch.inference_mode():
+                    masks, scores, _ = self.predictor.predict(
+                        point_coords=coords, point_labels=labels, box=one_box,
+                        multimask_output=multimask, normalize_coords=True)
+                best = masks[int(np.argmax(scores))] if multimask else masks[0]
+                union |= best.astype(bool)
         return union.astype(np.float32)
 
 

@@ -17,7 +17,7 @@ from mattepod import weights
 
 def make_sam2_weights(weights_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
     """Write a random SAM 2.1 checkpoint for ``size`` into ``<weights_dir>/sam2.1_<size>/``; return its path."""
-    from mattepod.sam import _import_sam2, _sam2_hydra
+    from mattepod.sam import _import_sam2, _quiet, _sam2_hydra
 
     _import_sam2()
     from sam2.build_sam import build_sam2
@@ -27,7 +27,7 @@ def make_sam2_weights(weights_dir: str | Path, size: str = "tiny", seed: int = 0
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / model_entry.files[0].filename
     torch.manual_seed(seed)
-    with _sam2_hydra():
+    with _sam2_hydra(), _quiet():
         model = build_sam2(model_entry.extra["config"], None, device="cpu", mode="eval")
     torch.save({"model": model.state_dict()}, path)
     return path
