@@ -20,10 +20,11 @@ import numpy as np
 
 from mattepod.config import Keyframe, PromptConfig
 from mattepod.detect import Detection, get_detector, select_people
-from mattepod.errors import InputNotFoundError, MaskError
+from mattepod.errors import ConfigError, InputNotFoundError, MaskError
 from mattepod.sam import Sam2Prompter, get_prompter
 
-__all__ = ["PromptSpec", "PromptResult", "Sam2Prompter", "specs_from_config", "auto_spec", "load_mask_file",
+__all__ = ["PromptSpec", "PromptResult", "Sam2Prompter", "specs_from_config", "auto_spec", "check_frames",
+           "parse_points", "parse_box", "load_mask_file",
            "edit_mask", "check_coverage", "resolve_prompt", "draw_preview", "save_preview"]
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class PromptSpec:
     person_select: str = "largest"
     person_count: int = 1
     person_min_score: float = 0.5
+    keyframe: bool = False  # from prompt.keyframes (re-anchors the matte) rather than the main prompt
 
     @property
     def kind(self) -> str:
@@ -98,12 +100,55 @@ def specs_from_config(cfg: PromptConfig) -> list[PromptSpec]:
 def _keyframe_spec(kf: Keyframe, cfg: PromptConfig) -> PromptSpec:
     return PromptSpec(frame=kf.frame, points=[(p.x, p.y, p.label) for p in kf.points],
                       box=tuple(kf.box) if kf.box is not None else None, mask=kf.mask,
-                      normalized=cfg.normalized, auto_person=kf.auto_person, **_person_fields(cfg))
+                      normalized=cfg.normalized, auto_person=kf.auto_person, keyframe=True,
+                      **_person_fields(cfg))
+
+
+def check_frames(specs: Sequence[PromptSpec], total_frames: int) -> None:
+    """MaskError when a prompt or keyframe lies beyond the frames being processed (known after probing)."""
+    for spec in specs:
+        if spec.frame >= total_frames:
+            what = "keyframe" if spec.keyframe else "prompt frame"
+            raise MaskError(f"{what} {spec.frame} is beyond the last frame {total_frames - 1} "
+                            f"({total_frames} frames after start_frame/max_frames)",
+                            "give a frame index from 0 to the last frame")
+
+
+def parse_points(text: str) -> list[tuple[float, float, int]]:
+    """``"x,y,label;x,y,label"`` (label optional, default 1) -> clicks; the CLI/script/worker format."""
+    points = []
+    for i, part in enumerate(p for p in text.replace(" ", "").split(";") if p):
+        fields = part.split(",")
+        try:
+            if len(fields) not in (2, 3):
+                raise ValueError
+            x, y = float(fields[0]), float(fields[1])
+            label = int(fields[2]) if len(fields) == 3 else 1
+        except ValueError:
+            raise ConfigError(f"--points: click {i + 1} {part!r} is not x,y or x,y,label",
+                              'write --points "640,360,1;100,80,0"') from None
+        if label not in (0, 1):
+            raise ConfigError(f"--points: click {i + 1} {part!r} has label {label}", "labels are 1 or 0")
+        points.append((x, y, label))
+    if not points:
+        raise ConfigError(f"--points {text!r} holds no click", 'write --points "640,360,1"')
+    return points
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """``"x0,y0,x1,y1"`` -> a box; the CLI/script/worker format."""
+    try:
+        values = tuple(float(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise ConfigError(f"--box {text!r} is not x0,y0,x1,y1", "write --box 100,50,500,700")
+    return values  # type: ignore[return-value]
 
 
 def auto_spec(cfg: PromptConfig, frame: int) -> PromptSpec:
     """An automatic person prompt at ``frame`` (what ``prompt.reprompt_every`` re-prompts with)."""
-    return PromptSpec(frame=frame, auto_person=True, **_person_fields(cfg))
+    return PromptSpec(frame=frame, auto_person=True, keyframe=True, **_person_fields(cfg))
 
 
 # ---------------------------------------------------------------------------------------------- mask files

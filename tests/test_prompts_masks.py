@@ -10,8 +10,8 @@ from PIL import Image
 
 from mattepod import config
 from mattepod.errors import ConfigError, InputNotFoundError, MaskError
-from mattepod.prompts import (PromptSpec, check_coverage, draw_preview, edit_mask, load_mask_file, resolve_prompt,
-                              save_preview, specs_from_config)
+from mattepod.prompts import (PromptSpec, check_coverage, check_frames, draw_preview, edit_mask, load_mask_file,
+                              parse_box, parse_points, resolve_prompt, save_preview, specs_from_config)
 
 W, H = 64, 40
 
@@ -235,6 +235,7 @@ def test_specs_from_config_main_and_keyframes():
     assert specs[0].kind == "mask" and specs[0].mask == "k3.png" and specs[0].dilate == 0
     assert specs[2].kind == "auto_person" and specs[2].person_select == "n_largest" and specs[2].person_count == 2
     assert specs[3].box == (0.1, 0.1, 0.6, 0.9) and specs[3].normalized
+    assert [s.keyframe for s in specs] == [True, False, True, True]
 
 
 def test_keyframe_config_errors():
@@ -243,6 +244,26 @@ def test_keyframe_config_errors():
     cfg = config.validate({"prompt": {"frame": 5, "mask": "a.png", "keyframes": [{"frame": 5, "mask": "b.png"}]}})
     with pytest.raises(MaskError, match="frame 5 is given twice"):
         specs_from_config(cfg.prompt)
+
+
+def test_prompt_frames_beyond_the_end():
+    specs = [PromptSpec(frame=0, mask="a.png"), PromptSpec(frame=9, mask="b.png", keyframe=True)]
+    check_frames(specs, 10)
+    with pytest.raises(MaskError, match=r"keyframe 9 is beyond the last frame 8 \(9 frames"):
+        check_frames(specs, 9)
+    with pytest.raises(MaskError, match=r"prompt frame 30 is beyond the last frame 19"):
+        check_frames([PromptSpec(frame=30, mask="a.png")], 20)
+
+
+def test_parse_points_and_box():
+    assert parse_points("640,360,1; 100.5,80,0;12,13") == [(640.0, 360.0, 1), (100.5, 80.0, 0), (12.0, 13.0, 1)]
+    assert parse_box("1, 2,30.5,40") == (1.0, 2.0, 30.5, 40.0)
+    for bad, msg in [("1,2,3,4", "click 1 '1,2,3,4'"), ("1,a", "click 1 '1,a'"), ("5,5,2", "has label 2"),
+                     (";", "holds no click")]:
+        with pytest.raises(ConfigError, match=msg):
+            parse_points(bad)
+    with pytest.raises(ConfigError, match=r"--box '1,2,3' is not x0,y0,x1,y1"):
+        parse_box("1,2,3")
 
 
 # ------------------------------------------------------------------------------------------------ preview
