@@ -63,7 +63,8 @@ class PromptConfig(_Strict):
         "base_plus", description="SAM 2.1 model size used to turn clicks/boxes into masks")
     keyframes: list[Keyframe] = Field(default_factory=list,
                                       description="extra prompts on later frames; the matte re-anchors there")
-    reprompt_every: int = Field(0, ge=0, description="re-prompt automatically every N frames (0 = never)")
+    reprompt_every: int = Field(0, ge=0, description="re-prompt automatically every N frames with the "
+                                "automatic person prompt (0 = never)")
 
 
 class EngineConfig(_Strict):
