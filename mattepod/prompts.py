@@ -72,6 +72,11 @@ class PromptResult:
     preview_rgb: np.ndarray  # uint8 (H, W, 3): the mask over the frame, clicks and boxes drawn
     boxes: list[tuple[float, float, float, float]] = field(default_factory=list)  # boxes SAM 2 was given
 
+    @property
+    def preview(self) -> np.ndarray:
+        """Alias of ``preview_rgb`` (the name the pipeline uses)."""
+        return self.preview_rgb
+
 
 def _person_fields(cfg: PromptConfig) -> dict:
     return {"person_select": cfg.person_select, "person_count": cfg.person_count,
@@ -79,22 +84,22 @@ def _person_fields(cfg: PromptConfig) -> dict:
 
 
 def specs_from_config(cfg: PromptConfig) -> list[PromptSpec]:
-    """The main prompt and every keyframe, sorted by frame. Keyframes share ``normalized`` and the person
+    """The main prompt first, then the keyframes sorted by frame. Keyframes share ``normalized`` and the person
     selection of the main prompt; mask edits (add/subtract/dilate/erode) belong to the main prompt only."""
     main = PromptSpec(
         frame=cfg.frame, points=[(p.x, p.y, p.label) for p in cfg.points],
         box=tuple(cfg.box) if cfg.box is not None else None, mask=cfg.mask, normalized=cfg.normalized,
         mask_add=list(cfg.mask_add), mask_subtract=list(cfg.mask_subtract), dilate=cfg.mask_dilate,
         erode=cfg.mask_erode, auto_person=cfg.auto_person, **_person_fields(cfg))
-    specs = [main]
+    keys = []
     seen = {cfg.frame}
     for kf in cfg.keyframes:
         if kf.frame in seen:
             raise MaskError(f"prompt.keyframes: frame {kf.frame} is given twice (or is the prompt frame)",
                             "give each keyframe its own frame index")
         seen.add(kf.frame)
-        specs.append(_keyframe_spec(kf, cfg))
-    return sorted(specs, key=lambda s: s.frame)
+        keys.append(_keyframe_spec(kf, cfg))
+    return [main, *sorted(keys, key=lambda s: s.frame)]
 
 
 def _keyframe_spec(kf: Keyframe, cfg: PromptConfig) -> PromptSpec:

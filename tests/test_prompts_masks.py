@@ -163,6 +163,7 @@ def test_mask_path_with_edits_and_preview(tmp_path, frame):
     assert res.mask.shape == (H, W)
     assert res.mask[35, 55] == 1 and res.mask[20, 20] == 1 and res.mask[2, 2] == 0
     assert res.preview_rgb.shape == (H, W, 3) and res.preview_rgb.dtype == np.uint8
+    assert res.preview is res.preview_rgb
     # outside the mask the preview is the frame dimmed, inside it is not dimmed that much
     assert res.preview_rgb[2, 2].astype(int).sum() <= frame[2, 2].astype(int).sum() * 0.5 + 3
 
@@ -228,14 +229,14 @@ def test_specs_from_config_main_and_keyframes():
         "keyframes": [{"frame": 40, "box": [0.1, 0.1, 0.6, 0.9]}, {"frame": 3, "mask": "k3.png"},
                       {"frame": 20, "auto_person": True}]}}).prompt
     specs = specs_from_config(cfg)
-    assert [s.frame for s in specs] == [3, 12, 20, 40]
-    main = specs[1]
+    assert [s.frame for s in specs] == [12, 3, 20, 40]  # the main prompt first, keyframes in frame order
+    main = specs[0]
     assert main.points == [(0.5, 0.4, 1), (0.1, 0.1, 0)] and main.normalized and main.dilate == 3
     assert main.kind == "clicks"
-    assert specs[0].kind == "mask" and specs[0].mask == "k3.png" and specs[0].dilate == 0
+    assert specs[1].kind == "mask" and specs[1].mask == "k3.png" and specs[1].dilate == 0
     assert specs[2].kind == "auto_person" and specs[2].person_select == "n_largest" and specs[2].person_count == 2
     assert specs[3].box == (0.1, 0.1, 0.6, 0.9) and specs[3].normalized
-    assert [s.keyframe for s in specs] == [True, False, True, True]
+    assert [s.keyframe for s in specs] == [False, True, True, True]
 
 
 def test_keyframe_config_errors():
