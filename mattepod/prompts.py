@@ -227,6 +227,15 @@ def _fit(mask: np.ndarray, size: tuple[int, int], name: str) -> np.ndarray:
     return np.clip(cv2.resize(mask.astype(np.float32), (w, h), interpolation=interp), 0.0, 1.0)
 
 
+def _to_frame(mask: np.ndarray, frame_wh: tuple[int, int]) -> np.ndarray:
+    """Source-size mask -> the (scaled) frame the pipeline prompts on; no warning, this is expected."""
+    import cv2
+
+    if mask.shape[::-1] == tuple(frame_wh):
+        return mask
+    return np.clip(cv2.resize(mask, tuple(frame_wh), interpolation=cv2.INTER_AREA), 0.0, 1.0)
+
+
 def _disk(radius: int) -> np.ndarray:
     import cv2
 
@@ -346,7 +355,7 @@ def resolve_prompt(
     points, box = _to_pixels(spec, (fw, fh), (sw, sh))
     boxes: list[tuple[float, float, float, float]] = [box] if box is not None else []
     if spec.mask:
-        mask = _fit(load_mask_file(spec.mask, (sw, sh)), (fw, fh), spec.mask)
+        mask = _to_frame(load_mask_file(spec.mask, (sw, sh)), (fw, fh))
         source = spec.mask
     else:
         if prompter is None:
@@ -359,8 +368,8 @@ def resolve_prompt(
             mask = prompter.mask_for(frame_rgb, points=points, box=box)
             source = kind
     if spec.mask_add or spec.mask_subtract or spec.dilate or spec.erode:
-        adds = [_fit(load_mask_file(p, (sw, sh)), (fw, fh), p) for p in spec.mask_add]
-        subs = [_fit(load_mask_file(p, (sw, sh)), (fw, fh), p) for p in spec.mask_subtract]
+        adds = [_to_frame(load_mask_file(p, (sw, sh)), (fw, fh)) for p in spec.mask_add]
+        subs = [_to_frame(load_mask_file(p, (sw, sh)), (fw, fh)) for p in spec.mask_subtract]
         # dilate/erode are in source pixels; scale them with the frame
         k = fw / sw
         mask = edit_mask(mask, adds, subs, round(spec.dilate * k), round(spec.erode * k))

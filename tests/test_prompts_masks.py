@@ -168,13 +168,15 @@ def test_mask_path_with_edits_and_preview(tmp_path, frame):
     assert res.preview_rgb[2, 2].astype(int).sum() <= frame[2, 2].astype(int).sum() * 0.5 + 3
 
 
-def test_mask_path_on_a_scaled_frame(tmp_path):
+def test_mask_path_on_a_scaled_frame(tmp_path, caplog):
     """The pipeline prompts on a scaled frame: a mask at source size is mapped without complaint."""
     src = np.zeros((2 * H, 2 * W), np.uint8)
     src[20:60, 20:60] = 255
     p = _save(tmp_path, "src.png", src)
     small = np.zeros((H, W, 3), np.uint8)
-    res = resolve_prompt(PromptSpec(mask=str(p), dilate=4), small, tmp_path, source_size=(2 * W, 2 * H))
+    with caplog.at_level(logging.WARNING, logger="mattepod.prompts"):
+        res = resolve_prompt(PromptSpec(mask=str(p), dilate=4), small, tmp_path, source_size=(2 * W, 2 * H))
+    assert "resizing" not in caplog.text  # the mask has the source size: nothing to warn about
     assert res.mask.shape == (H, W)
     on = np.argwhere(res.mask >= 0.5)
     # square 10..30 in the small frame, grown by 4 source px = 2 small px
