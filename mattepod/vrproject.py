@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from mattepod.stereo import (EQUIRECT_180_TOKENS, EQUIRECT_360_TOKENS, FISHEYE_LENS_FOV, MONO_TOKENS,
-                             SBS_SWAPPED_TOKENS, SBS_TOKENS, TB_SWAPPED_TOKENS, TB_TOKENS, Layout, merge_eyes,
+                             SBS_SWAPPED_TOKENS, SBS_TOKENS, TB_SWAPPED_TOKENS, TB_TOKENS, Layout,
                              split_eyes)
 
 PACK_SCALE = 0.4  # matte size relative to the eye, fixed by the format
@@ -143,40 +143,43 @@ def _placements(eye_size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {"left": (rows, (w // 2 + k) % w), "right": (rows, k % w)}
 
 
-def _to_u16(img: np.ndarray) -> np.ndarray:
+def _to_u16(img: np.ndarray, out: np.ndarray) -> None:
+    """Write a picture (uint8, uint16 or float in [0, 1]) into ``out`` as full-range uint16."""
     if img.dtype == np.uint16:
-        return img.copy()
-    if img.dtype == np.uint8:
-        out = img.astype(np.uint16)
-        out *= 257
-        return out
-    return np.round(np.clip(img, 0.0, 1.0) * 65535.0).astype(np.uint16)
+        out[...] = img
+    elif img.dtype == np.uint8:
+        np.multiply(img, 257, out=out, dtype=np.uint16)
+    else:
+        out[...] = np.round(np.clip(img, 0.0, 1.0) * 65535.0)
 
 
-def _as_sbs(x: np.ndarray | tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+def _eyes(x: np.ndarray | tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(x, tuple):
-        return merge_eyes(x[0], x[1], Layout("sbs"))
-    return x
+        return x
+    return split_eyes(x, Layout("sbs"))
 
 
 def pack_alpha_fisheye(rgb_fisheye: np.ndarray | tuple[np.ndarray, np.ndarray],
                        alpha_fisheye: np.ndarray | tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """The alpha-packed passthrough frame: the SBS fisheye picture (H, 2H, 3) with each eye's matte
     packed outside the circles (see the module docstring). Inputs are full SBS arrays or
-    (left, right) tuples; the picture uint8/uint16/float in [0, 1], the alphas float in [0, 1].
-    Returns uint16 RGB over the full 16-bit range (the writer encodes 10-bit from it)."""
-    rgb = _as_sbs(rgb_fisheye)
-    alpha = _as_sbs(alpha_fisheye)
-    h, w = rgb.shape[:2]
-    if w != 2 * h or rgb.ndim != 3:
-        raise ValueError(f"alpha packing needs an SBS fisheye frame of two square eyes, got {w}x{h}")
-    if alpha.shape[:2] != (h, w):
-        raise ValueError(f"alpha is {alpha.shape[1]}x{alpha.shape[0]}, frame is {w}x{h}")
-    out = _to_u16(rgb)
+    (left, right) tuples of square eyes (tuples avoid a merged copy at 8K); the picture uint8,
+    uint16 or float in [0, 1], the alphas float in [0, 1]. Returns uint16 RGB over the full 16-bit
+    range (the writer encodes 10-bit from it)."""
+    rgb_l, rgb_r = _eyes(rgb_fisheye)
+    a_l, a_r = _eyes(alpha_fisheye)
+    h = rgb_l.shape[0]
+    if rgb_l.ndim != 3 or rgb_l.shape[:2] != (h, h) or rgb_r.shape != rgb_l.shape:
+        raise ValueError(f"alpha packing needs two square fisheye eyes, got {rgb_l.shape} and {rgb_r.shape}")
+    if a_l.shape[:2] != (h, h) or a_r.shape[:2] != (h, h):
+        raise ValueError(f"alphas are {a_l.shape} and {a_r.shape}, eyes are {h}x{h}")
+    out = np.empty((h, 2 * h, rgb_l.shape[2]), np.uint16)
+    _to_u16(rgb_l, out[:, :h])
+    _to_u16(rgb_r, out[:, h:])
     s = packed_matte_size(h)
     disc = circle_mask(s)
     places = _placements(h)
-    for name, eye_alpha in zip(("left", "right"), split_eyes(alpha, Layout("sbs"))):
+    for name, eye_alpha in (("left", a_l), ("right", a_r)):
         small = cv2.resize(np.ascontiguousarray(eye_alpha, dtype=np.float32), (s, s), interpolation=cv2.INTER_AREA)
         grey = np.round(np.clip(small, 0.0, 1.0) * 65535.0).astype(np.uint16)
         rows, cols = places[name]
