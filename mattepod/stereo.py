@@ -748,3 +748,15 @@ class StereoEngine:
         self._summary = dict(st["summary"])
         self._started = st["started"]
         self.consistency.clear()
+
+
+def to_eye_coords(x: float, y: float, layout: Layout, frame_size: tuple[int, int]) -> tuple[str, float, float]:
+    """A click or box corner in full-frame pixels -> (eye, x, y) in that eye's pixels; ``frame_size``
+    is (width, height) of the stereo frame. The prompt UI shows the full frame; engines see eyes."""
+    w, h = frame_size
+    if layout.arrangement == "sbs":
+        first, ex, ey = x < w / 2, x - (0 if x < w / 2 else w / 2), y
+    else:
+        first, ex, ey = y < h / 2, x, y - (0 if y < h / 2 else h / 2)
+    eye = "left" if first != layout.swapped else "right"
+    return eye, ex, ey

@@ -263,3 +263,18 @@ def stereo_mode_tag(layout: Layout | str) -> str:
     table = {("sbs", False): "left_right", ("sbs", True): "right_left", ("tb", False): "top_bottom",
              ("tb", True): "bottom_top", ("mono", False): "mono", ("mono", True): "mono"}
     return table[(arrangement, swapped)]
+
+
+def packed_output(layout: Layout, fov: float) -> tuple[float, str | None]:
+    """(output fisheye fov, lens token to keep in the name) for a source layout and the configured
+    ``stereo.fov``: a fisheye source whose own fov is asked for passes through untouched and keeps
+    its lens token (MKX200, RF52, ...); anything else is reprojected to an equidistant FISHEYE<fov>."""
+    if layout.projection == "fisheye" and float(fov) == float(layout.fov):
+        return float(fov), layout.lens
+    return float(fov), None
+
+
+def packed_name_for(stem: str, layout: Layout, fov: float) -> str:
+    """``packed_name`` for a source layout and ``stereo.fov`` (see ``packed_output``)."""
+    out_fov, lens = packed_output(layout, fov)
+    return packed_name(stem, out_fov, lens)

@@ -117,3 +117,11 @@ def test_bad_shapes_are_clear_errors():
         split_eyes(np.zeros((4, 7, 3), np.uint8), Layout("sbs"))
     with pytest.raises(ConfigError, match="mono"):
         split_eyes(np.zeros((4, 8, 3), np.uint8), Layout("mono"))
+
+
+def test_full_frame_clicks_map_to_eye_coordinates():
+    from mattepod.stereo import to_eye_coords
+
+    assert to_eye_coords(300, 10, Layout("sbs"), (512, 256)) == ("right", 44.0, 10)
+    assert to_eye_coords(30, 10, Layout("sbs", swapped=True), (512, 256)) == ("right", 30, 10)
+    assert to_eye_coords(30, 300, Layout("tb"), (256, 512)) == ("right", 30, 44.0)

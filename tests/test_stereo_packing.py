@@ -183,3 +183,12 @@ def test_packed_frames_survive_a_10bit_hevc_encode_with_audio(tmp_path):
     inner = disc & (np.hypot(*np.mgrid[:len(disc), :len(disc)] - len(disc) / 2) < len(disc) / 2 - 2)
     assert np.abs(lm1[inner] - lm0[inner]).mean() < 0.01  # 10-bit 4:2:0: the grey matte survives
     assert np.abs(rm1[inner] - rm0[inner]).mean() < 0.01
+
+
+def test_fisheye_sources_keep_their_lens_token_only_when_passed_through():
+    from mattepod.vrproject import packed_name_for
+
+    lay = detect_layout("c_MKX200_LR.mp4", 1024, 512)
+    assert packed_name_for("c_MKX200_LR", lay, 200) == "c_LR_180_MKX200_alpha"
+    assert packed_name_for("c_MKX200_LR", lay, 180) == "c_LR_180_FISHEYE180_alpha"
+    assert packed_name_for("e_LR_180", detect_layout("e_LR_180.mp4", 1024, 512), 190) == "e_LR_180_FISHEYE190_alpha"
