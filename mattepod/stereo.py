@@ -69,8 +69,8 @@ class Layout:
 FISHEYE_LENS_FOV = {"MKX200": 200.0, "MKX220": 220.0, "VRCA220": 220.0, "RF52": 190.0}
 SBS_TOKENS = {"LR", "SBS", "3DH", "HSBS", "HLR"}
 SBS_SWAPPED_TOKENS = {"RL"}
-TB_TOKENS = {"TB", "OU", "3DV", "HOU", "HTB", "AB"}
-TB_SWAPPED_TOKENS = {"BT"}
+TB_TOKENS = {"TB", "OU", "3DV", "HOU", "HTB"}
+TB_SWAPPED_TOKENS: set[str] = set()  # "BT" is too common a word to trust
 MONO_TOKENS = {"MONO", "2D"}
 EQUIRECT_180_TOKENS = {"180", "180X180", "VR180", "DOME"}
 EQUIRECT_360_TOKENS = {"360", "180X360", "360X180", "SPHERE"}

@@ -43,7 +43,7 @@ PACK_SCALE = 0.4  # matte size relative to the eye, fixed by the format
 # --------------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=6)
+@lru_cache(maxsize=2)  # one eye size per run (picture and alpha share it): <= 2 x 100 MB at 8K
 def _fisheye_maps(kind: str, src_h: int, src_w: int, out_size: int, fov: float, src_fov: float,
                   src_vfov: float) -> tuple[np.ndarray, np.ndarray]:
     """Fixed-point remap grids (cv2.convertMaps) from an output equidistant fisheye of ``fov``

@@ -125,3 +125,10 @@ def test_full_frame_clicks_map_to_eye_coordinates():
     assert to_eye_coords(300, 10, Layout("sbs"), (512, 256)) == ("right", 44.0, 10)
     assert to_eye_coords(30, 10, Layout("sbs", swapped=True), (512, 256)) == ("right", 30, 10)
     assert to_eye_coords(30, 300, Layout("tb"), (256, 512)) == ("right", 30, 44.0)
+
+
+def test_layout_dict_roundtrip_for_metadata_json():
+    lay = detect_layout("c_MKX200_LR.mp4", 1024, 512)
+    d = lay.to_dict()
+    assert d["lens"] == "MKX200" and d["origin"]["projection"] == "name"
+    assert Layout.from_dict(json.loads(json.dumps(d))) == lay
