@@ -114,13 +114,19 @@ class OutputsConfig(_Strict):
 class StereoConfig(_Strict):
     mode: Literal["mono", "vr180"] = Field("mono", description="mono, or vr180 (two eyes in one frame)")
     layout: Literal["auto", "sbs", "tb"] = Field(
-        "auto", description="eye layout: side-by-side, top-bottom, or auto (file name tokens, metadata, shape)")
+        "auto", description="eye layout: side-by-side, top-bottom, or auto (metadata, file name tokens, shape)")
+    swap_eyes: bool = Field(False, description="the right eye comes first (left/top half is the right eye)")
     master: Literal["left", "right"] = Field("left", description="the eye the prompt is given on")
     projection: Literal["auto", "equirect", "fisheye"] = Field(
-        "auto", description="source projection of each eye (auto: file name tokens, else equirect)")
+        "auto", description="source projection of each eye (auto: metadata, file name tokens, else equirect)")
     fov: float = Field(180.0, gt=0, le=220, description="field of view of the fisheye passthrough output, degrees")
     consistency_threshold: float = Field(0.8, ge=0, le=1, description="flag frames whose eye IoU is below this")
     reprompt_on_drift: bool = Field(False, description="re-prompt the slave eye from the master when it drifts")
+    reprompt_cooldown: int = Field(15, ge=1, description="frames between two automatic re-prompts of the slave eye")
+    max_disparity: float = Field(0.15, gt=0, le=0.5,
+                                 description="largest horizontal eye disparity searched, fraction of the eye width")
+    max_vertical_offset: float = Field(0.02, ge=0, le=0.2,
+                                       description="largest vertical eye offset searched, fraction of the eye height")
 
 
 class RecoveryConfig(_Strict):
