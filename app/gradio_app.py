@@ -88,32 +88,30 @@ class AppState:
         self._sam_lock = threading.Lock()
 
     def prompter(self, model: str):
-        """The SAM 2 image predictor for ``model``, built on first use; None when SAM 2 cannot be used here."""
+        """The SAM 2 image predictor for ``model`` (built on first use, then kept with its cached frame
+        embedding); None while its weights are not in the weights folder (they may still be downloading)."""
+        from mattepod import sam, weights
+
+        try:
+            weights.require(f"sam2.1_{model}", self.roots.weights)
+        except MattePodError:
+            return None
         with self._sam_lock:
-            if model not in self._prompters:
-                self._prompters[model] = _load_prompter(model, self.roots.weights, self.base.engine.device)
-            return self._prompters[model]
+            try:
+                return sam.get_prompter(model, self.roots.weights, self.base.engine.device)
+            except MattePodError as err:
+                log.warning("SAM 2 %s cannot be loaded: %s", model, err)
+                return None
 
     def sam_mask(self, model: str, frame: np.ndarray, points: list[list[float]]) -> np.ndarray | None:
         prompter = self.prompter(model)
         if prompter is None or not points:
             return None
-        with self._sam_lock:  # one predictor, one image embedding at a time
-            mask = prompter.mask_for(frame, [tuple(p) for p in points], None, False)
+        try:
+            mask = prompter.mask_for(frame, [tuple(p) for p in points], None, False)  # locks internally
+        except MattePodError as err:
+            raise gr.Error(str(err)) from None
         return np.asarray(mask, dtype=np.float32)
-
-
-def _load_prompter(model: str, weights_dir: Path, device: str):
-    try:
-        from mattepod.prompts import Sam2Prompter  # type: ignore[attr-defined]
-    except ImportError:
-        log.warning("SAM 2 prompts are not available in this build: upload a mask or paint it with the brush")
-        return None
-    try:
-        return Sam2Prompter(model, weights_dir=weights_dir, device=device)
-    except MattePodError as err:
-        log.warning("SAM 2 %s cannot be loaded: %s", model, err)
-        return None
 
 
 # ---------------------------------------------------------------- frames and overlays ------------------------
@@ -126,34 +124,44 @@ def probe_media(path: str) -> dict[str, Any]:
             "fps": float(info.fps), "name": Path(path).name}
 
 
-def read_frame(path: str, index: int) -> np.ndarray:
-    """One decoded frame (RGB) via an ffmpeg input seek; the rest of the video is never decoded."""
+def load_view(state: "AppState", path: str, index: int, mode: str, layout: str, master: str):
+    """(image to prompt, view): the whole frame (mono) or the master eye of a VR180 frame.
+
+    ``view`` says where that image sits in the full frame ({x, y, w, h, full: [W, H]}): jobs take their
+    prompt in full-frame pixels (as the CLI does), so UI clicks and masks are moved back with it.
+    """
     from mattepod.media.probe import probe
     from mattepod.media.reader import read_frame as _read
 
     info = probe(path)
-    return _read(info, max(0, min(int(index), info.frame_count - 1)))
-
-
-def eye_layout(width: int, height: int, name: str, layout: str) -> str:
-    if layout in ("sbs", "tb"):
-        return layout
-    upper = name.upper()
-    if "_TB" in upper or "_OU" in upper:
-        return "tb"
-    if any(t in upper for t in ("_LR", "_SBS", "_3DH")):
-        return "sbs"
-    return "sbs" if width >= height else "tb"
-
-
-def master_eye(frame: np.ndarray, name: str, mode: str, layout: str, master: str) -> np.ndarray:
-    """The image the user prompts: the whole frame (mono) or the master eye (VR180)."""
-    if mode != "vr180":
-        return frame
+    frame = _read(info, max(0, min(int(index), info.frame_count - 1)))
     h, w = frame.shape[:2]
-    if eye_layout(w, h, name, layout) == "sbs":
-        return frame[:, : w // 2] if master == "left" else frame[:, w // 2 : w // 2 * 2]
-    return frame[: h // 2] if master == "left" else frame[h // 2 : h // 2 * 2]
+    if mode != "vr180":
+        return frame, {"x": 0, "y": 0, "w": w, "h": h, "full": [w, h]}
+    from mattepod.stereo import detect_layout
+
+    stereo_cfg = state.base.stereo.model_copy(update={"layout": layout, "master": master})
+    lay = detect_layout(path, w, h, info.side_data, config=stereo_cfg)
+    first = (master == "left") != lay.swapped  # the master eye is the first half of the frame
+    if lay.arrangement == "sbs":
+        half = w // 2
+        x = 0 if first else half
+        view = {"x": x, "y": 0, "w": half, "h": h, "full": [w, h]}
+    else:
+        half = h // 2
+        y = 0 if first else half
+        view = {"x": 0, "y": y, "w": w, "h": half, "full": [w, h]}
+    eye = frame[view["y"] : view["y"] + view["h"], view["x"] : view["x"] + view["w"]]
+    return np.ascontiguousarray(eye), view
+
+
+def to_full_frame(view: dict, mask: np.ndarray | None, points: list) -> tuple[np.ndarray | None, list]:
+    """Master-eye mask and clicks -> full-frame ones (the other eye left empty for the stereo engine)."""
+    if mask is not None and list(mask.shape[::-1]) != list(view["full"]):
+        full = np.zeros((view["full"][1], view["full"][0]), np.float32)
+        full[view["y"] : view["y"] + view["h"], view["x"] : view["x"] + view["w"]] = mask
+        mask = full
+    return mask, [[x + view["x"], y + view["y"], lab] for x, y, lab in points]
 
 
 def overlay(frame: np.ndarray, mask: np.ndarray | None, points: list[list[float]]) -> np.ndarray:
@@ -386,6 +394,7 @@ def build_app(state: AppState) -> gr.Blocks:
         video_path = gr.State("")
         media = gr.State({})
         frame_state = gr.State(None)  # the image being prompted (frame or master eye), RGB
+        view_state = gr.State({})  # where that image sits in the full frame (load_view)
         points = gr.State([])
         mask_state = gr.State(None)
         job_id = gr.State("")
@@ -471,35 +480,35 @@ def build_app(state: AppState) -> gr.Blocks:
 
         def load_video(path, mode_v, master_v, layout_v):
             if not path:
-                return "", {}, gr.update(), None, [], None, "No video loaded.", None, ""
+                return "", {}, gr.update(), None, {}, [], None, "No video loaded.", None, ""
             try:
                 src = adopt_upload(path, roots)
                 info = probe_media(str(src))
-                frame = master_eye(read_frame(str(src), 0), info["name"], mode_v, layout_v, master_v)
+                frame, view = load_view(state, str(src), 0, mode_v, layout_v, master_v)
             except MattePodError as err:
                 raise gr.Error(str(err)) from None
             md = (f"**{info['name']}** — {info['width']}×{info['height']}, {info['frames']} frames, "
                   f"{info['fps']:.3f} fps")
             slider = gr.update(minimum=0, maximum=max(info["frames"] - 1, 1), value=0,
                                interactive=info["frames"] > 1)
-            return str(src), info, slider, frame, [], None, md, frame, _prompt_text([], None)
+            return str(src), info, slider, frame, view, [], None, md, frame, _prompt_text([], None)
 
-        load_outputs = [video_path, media, frame_slider, frame_state, points, mask_state, media_md, frame_img,
-                        prompt_md]
+        load_outputs = [video_path, media, frame_slider, frame_state, view_state, points, mask_state, media_md,
+                        frame_img, prompt_md]
         upload.upload(load_video, [upload, mode, master, layout], load_outputs, api_visibility="private")
         existing.input(load_video, [existing, mode, master, layout], load_outputs, api_visibility="private")
         rescan.click(lambda: gr.update(choices=list_media(roots)), None, existing, api_visibility="private")
 
         def show_frame(path, info, index, mode_v, master_v, layout_v):
             if not path:
-                return None, [], None, None, ""
+                return None, {}, [], None, None, ""
             try:
-                frame = master_eye(read_frame(path, int(index)), info.get("name", ""), mode_v, layout_v, master_v)
+                frame, view = load_view(state, path, int(index), mode_v, layout_v, master_v)
             except MattePodError as err:
                 raise gr.Error(str(err)) from None
-            return frame, [], None, frame, _prompt_text([], None)
+            return frame, view, [], None, frame, _prompt_text([], None)
 
-        frame_outputs = [frame_state, points, mask_state, frame_img, prompt_md]
+        frame_outputs = [frame_state, view_state, points, mask_state, frame_img, prompt_md]
         frame_inputs = [video_path, media, frame_slider, mode, master, layout]
         frame_slider.release(show_frame, frame_inputs, frame_outputs, api_visibility="private")
         for ctl in (mode, master, layout):
@@ -570,13 +579,15 @@ def build_app(state: AppState) -> gr.Blocks:
         option_inputs = [formats, engine, scale, max_size, erode, dilate, warmup, colour, mode, master, layout,
                          max_frames, sam2_model]
 
-        def run(path, pts, mask, index, *opts, progress=gr.Progress()):
+        def run(path, view, pts, mask, index, *opts, progress=gr.Progress()):
+            if view:
+                mask, pts = to_full_frame(view, mask, pts)
             info = start_job(state, path, pts, None, int(index), mask, ui_overrides(*opts))
             yield info.id, f"**{info.id}** — {info.summary()}", None, None, None, None
             info = follow(state, info.id, progress)
             yield (info.id, *result_views(info))
 
-        run_btn.click(run, [video_path, points, mask_state, frame_slider, *option_inputs],
+        run_btn.click(run, [video_path, view_state, points, mask_state, frame_slider, *option_inputs],
                       [job_id, run_md, alpha_vid, other_vid, files_out, previews],
                       api_visibility="private", concurrency_limit=None)
 
@@ -640,15 +651,10 @@ def build_app(state: AppState) -> gr.Blocks:
             if not isinstance(opts, dict):
                 raise gr.Error("options must be a JSON object of config keys")
             m = None
-            if mask:
+            if mask:  # full-frame pixels, like the CLI (VR180: the master eye's half is the prompt)
                 info = probe_media(str(src))
-                size = (info["width"], info["height"])
-                if opts.get("stereo.mode") == "vr180":
-                    frame = master_eye(np.zeros((info["height"], info["width"], 1), np.uint8), info["name"],
-                                       "vr180", opts.get("stereo.layout", "auto"), opts.get("stereo.master", "left"))
-                    size = (frame.shape[1], frame.shape[0])
                 try:
-                    m = mask_from_file(mask, size)
+                    m = mask_from_file(mask, (info["width"], info["height"]))
                 except MattePodError as err:
                     raise gr.Error(str(err)) from None
             info = start_job(state, str(src), parse_points(points), parse_box(box), int(prompt_frame or 0), m, opts)

@@ -23,26 +23,44 @@ def decode_all(path) -> np.ndarray:
     return np.frombuffer(raw, np.uint8).reshape(-1, 96, 160, 3)
 
 
-def test_read_frame_is_the_same_frame_the_pipeline_decodes(clip):
+@pytest.fixture(scope="module")
+def state(tmp_path_factory):
+    root = tmp_path_factory.mktemp("state")
+    st = ga.AppState(jobs.Roots(root / "input", root / "output", root / "weights"))
+    yield st
+    st.manager.close()
+
+
+def test_load_view_is_the_same_frame_the_pipeline_decodes(state, clip):
     every = decode_all(clip)
     for k in (0, 1, 13, 29):
-        assert np.array_equal(ga.read_frame(str(clip), k), every[k]), k
+        img, view = ga.load_view(state, str(clip), k, "mono", "auto", "left")
+        assert np.array_equal(img, every[k]), k
+        assert view == {"x": 0, "y": 0, "w": 160, "h": 96, "full": [160, 96]}
+    img, _ = ga.load_view(state, str(clip), 13, "mono", "auto", "left")
     x = BOX["x0"] + 13 * BOX["speed"]
-    assert ga.read_frame(str(clip), 13)[50, x + 1].min() > 200 and ga.read_frame(str(clip), 13)[50, x - 3].max() < 80
+    assert img[50, x + 1].min() > 200 and img[50, x - 3].max() < 80
     assert ga.probe_media(str(clip))["frames"] == 30
 
 
-def test_master_eye_of_sbs_and_tb():
-    sbs = np.zeros((4, 8, 3), np.uint8)
-    sbs[:, 4:] = 9
-    assert ga.master_eye(sbs, "x.mp4", "vr180", "auto", "left").max() == 0
-    assert ga.master_eye(sbs, "x.mp4", "vr180", "auto", "right").min() == 9
-    assert ga.master_eye(sbs, "x.mp4", "mono", "auto", "right").shape == (4, 8, 3)
-    tb = np.zeros((8, 8, 3), np.uint8)
-    tb[4:] = 7
-    assert ga.master_eye(tb, "clip_TB.mp4", "vr180", "auto", "right").shape == (4, 8, 3)
-    assert ga.master_eye(tb, "clip_TB.mp4", "vr180", "auto", "right").min() == 7
-    assert ga.eye_layout(100, 100, "a_LR_180.mp4", "auto") == "sbs"
+def test_vr180_shows_the_master_eye_and_maps_prompts_back(state, tmp_path):
+    sbs = make_clip(tmp_path / "scene_LR_180.mp4", frames=3, w=192, h=96)  # the square is in the left eye
+    left, view = ga.load_view(state, str(sbs), 1, "vr180", "auto", "left")
+    assert left.shape == (96, 96, 3) and view == {"x": 0, "y": 0, "w": 96, "h": 96, "full": [192, 96]}
+    right, rview = ga.load_view(state, str(sbs), 1, "vr180", "auto", "right")
+    assert rview["x"] == 96 and right.max() < 80 and left.max() > 200
+    eye_mask = np.zeros((96, 96), np.float32)
+    eye_mask[10:20, 30:40] = 1
+    full, pts = ga.to_full_frame(rview, eye_mask, [[35, 15, 1]])
+    assert full.shape == (96, 192) and full[15, 96 + 35] == 1 and full[:, :96].max() == 0
+    assert pts == [[96 + 35, 15, 1]]
+    tb = make_clip(tmp_path / "scene.mp4", frames=2, w=96, h=192)  # taller than wide: top/bottom
+    top, tview = ga.load_view(state, str(tb), 0, "vr180", "auto", "left")
+    assert top.shape == (96, 96, 3) and tview["y"] == 0
+    _, bview = ga.load_view(state, str(tb), 0, "vr180", "tb", "right")
+    assert bview["y"] == 96
+    same, _ = ga.to_full_frame(view, np.zeros((96, 192), np.float32), [])
+    assert same.shape == (96, 192)  # a mask already at full-frame size is kept
 
 
 def test_overlay_tints_the_mask_and_marks_clicks():
