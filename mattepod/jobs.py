@@ -56,9 +56,12 @@ class Roots:
 
     @classmethod
     def from_env(cls) -> "Roots":
-        return cls(Path(os.environ.get("INPUT_DIR", "input")).resolve(),
-                   Path(os.environ.get("OUTPUT_DIR", "output")).resolve(),
-                   Path(os.environ.get("MODEL_CACHE_DIR", "weights")).resolve())
+        """INPUT_DIR, OUTPUT_DIR, MODEL_CACHE_DIR; without INPUT_DIR the input folder sits next to the output
+        folder (``/workspace/input`` beside ``/workspace/output``: uploads land on the same volume)."""
+        output = Path(os.environ.get("OUTPUT_DIR") or "output").resolve()
+        default_input = output.parent / "input" if os.environ.get("OUTPUT_DIR") else Path("input")
+        return cls(Path(os.environ.get("INPUT_DIR") or default_input).resolve(), output,
+                   Path(os.environ.get("MODEL_CACHE_DIR") or "weights").resolve())
 
     def all(self) -> list[Path]:
         return [self.input, self.output, self.weights]

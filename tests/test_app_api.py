@@ -11,6 +11,7 @@ import pytest
 from gradio_client import Client, handle_file
 
 from tests.app_harness import BOX, RunningApp, make_clip, write_mask
+from tests.weightgen import make_sam2_weights
 
 MASK_JOB = json.dumps({"engine.name": "mask", "outputs.formats": ["alpha"], "outputs.previews": 1,
                        "engine.erode": 0, "engine.dilate": 0})
@@ -23,6 +24,8 @@ def app(tmp_path_factory):
     make_clip(root / "clips" / "clip.mp4")
     write_mask(root / "clips" / "mask.png")
     make_clip(running.input / "long.mp4", frames=300)
+    make_clip(running.input / "clicks.mp4", frames=8)
+    make_sam2_weights(running.weights, "tiny")  # seeded random SAM 2.1 tiny: clicks through the real loader
     yield running
     running.stop()
 
@@ -80,6 +83,19 @@ def test_submit_upload_poll_and_download_the_alpha(app, client):
         x = BOX["x0"] + BOX["size"] // 2
         y = BOX["y0"] + BOX["size"] // 2
         assert frames[n][y, x] > 0.6 and frames[n][5, 150] < 0.1
+
+
+def test_clicks_without_a_mask_are_resolved_by_the_job(app, client):
+    """Points go to the job as prompt.points; the CLI runs SAM 2 on them with the app's weights folder."""
+    opts = json.dumps({"engine.name": "mask", "outputs.formats": ["alpha"], "prompt.sam2_model": "tiny",
+                       "engine.device": "cpu", "engine.erode": 0, "engine.dilate": 0})
+    info = client.predict(video=None, input_path=str(app.input / "clicks.mp4"),
+                          points="[[40, 50, 1], [150, 5, 0]]", box="", prompt_frame=3, mask=None,
+                          options=opts, api_name="/submit_job")
+    st = client.predict(job_id=info["id"], api_name="/wait_job")
+    assert st["status"] == "completed", st
+    cfg = (app.output / info["id"] / "config.yaml").read_text()
+    assert "label: 0" in cfg and "frame: 3" in cfg and str(app.weights) in cfg
 
 
 def test_a_failed_job_reports_its_error(app, client):
