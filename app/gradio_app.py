@@ -583,7 +583,7 @@ def build_app(state: AppState) -> gr.Blocks:
             if view:
                 mask, pts = to_full_frame(view, mask, pts)
             info = start_job(state, path, pts, None, int(index), mask, ui_overrides(*opts))
-            yield info.id, f"**{info.id}** — {info.summary()}", None, None, None, None
+            yield info.id, f"**{info.id}** — submitted ({info.summary()})", None, None, None, None
             info = follow(state, info.id, progress)
             yield (info.id, *result_views(info))
 

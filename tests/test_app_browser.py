@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.app_harness import BOX, REPO, RunningApp, make_clip
+from tests.app_harness import BOX, REPO, RunningApp, box_mask, make_clip
 from tests.weightgen import make_sam2_weights
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -126,3 +126,65 @@ def test_upload_click_run_download(app, tmp_path):
     # the mask engine carries the prompt mask: the downloaded alpha of frame k is the SAM mask of the click
     agree = ((frames[k] > 0.5) == (sam_mask > 0.5)).mean()
     assert agree > 0.97, agree
+
+
+def test_brush_then_cancel_a_running_job(app, tmp_path):
+    """Paint on the mask with the brush, run a long job, press Cancel: the job's process group is gone."""
+    import subprocess
+
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    clip = make_clip(tmp_path / "long.mp4", frames=400)
+    mask = tmp_path / "mask.png"
+    cv2.imwrite(str(mask), box_mask(0))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1500})
+        page.goto(app.url)
+        page.locator("#upload input[type=file]").set_input_files(str(clip))
+        text_has(page, "#media-info", "400 frames")
+        page.locator("#mask-upload input[type=file]").set_input_files(str(mask))
+        text_has(page, "#prompt-info", "mask covers 10.4%")
+
+        page.get_by_text("Brush: paint").click()
+        page.get_by_role("button", name="Edit this mask with the brush").click()
+        canvas = page.locator("#brush canvas").filter(visible=True).first
+        canvas.wait_for()
+        page.wait_for_timeout(1000)
+        bb = canvas.bounding_box()
+        x0, y0 = bb["x"] + bb["width"] * 0.75, bb["y"] + bb["height"] * 0.3
+        page.mouse.move(x0, y0)
+        page.mouse.down()
+        for i in range(1, 9):
+            page.mouse.move(x0, y0 + bb["height"] * 0.05 * i)
+        page.mouse.up()
+        shot = ARTIFACTS / "brush-1-painted.png"
+        page.screenshot(path=str(shot), full_page=True)
+        page.get_by_role("button", name="Apply brush to mask").click()
+        page.wait_for_function("() => !document.querySelector('#prompt-info').innerText.includes('10.4%')",
+                               timeout=30_000)
+        covered = float(page.locator("#prompt-info").inner_text().split("covers ")[1].split("%")[0])
+        assert covered > 12, covered  # the green stroke was added to the mask
+        page.screenshot(path=str(ARTIFACTS / "brush-2-applied.png"), full_page=True)
+
+        page.click("#run")
+        page.wait_for_function("() => /matting \\d+\\/400/.test(document.body.innerText)", timeout=120_000)
+        page.screenshot(path=str(ARTIFACTS / "cancel-1-running.png"), full_page=True)
+        page.click("#cancel")
+        text_has(page, "#run-status", "cancelled", timeout=60_000)
+        # the Run handler notices the end too and replaces its progress bars with the (empty) results
+        page.wait_for_function("() => !/matting \\d+\\/400/.test(document.body.innerText)", timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "cancel-2-cancelled.png"), full_page=True)
+        browser.close()
+
+    run = next(app.output.glob("long_*"))
+    job = json.loads((run / "job.json").read_text())
+    assert job["status"] == "cancelled"
+    groups = subprocess.run(["ps", "-eo", "pgid=,stat="], capture_output=True, text=True).stdout.split("\n")
+    alive = {int(line.split()[0]) for line in groups if line.strip() and "Z" not in line.split()[1]}
+    assert job["pid"] not in alive, "the cancelled job's process group is still running"
+    assert not any(run.glob("long_alpha.mp4")), "a cancelled run must not present a finished output"
+    saved = cv2.imread(str(run / "prompt_mask.png"), cv2.IMREAD_GRAYSCALE)
+    assert (saved > 127).mean() * 100 == pytest.approx(covered, abs=0.2)  # the brushed mask went to the job
+    assert saved[BOX["y0"] + 5, BOX["x0"] + 5] > 127  # and the uploaded square is still in it
