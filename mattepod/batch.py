@@ -223,10 +223,11 @@ def cli_prefix() -> list[str]:
 
 def build_argv(args: argparse.Namespace, job: VideoJob, resume: bool) -> list[str]:
     argv = cli_prefix()
+    if resume:  # the run folder holds its own config and prompt; the CLI refuses new ones
+        return argv + ["--resume", str(job.run_dir), "--progress-json", "--quiet"]
     if args.config:
         argv.append(args.config)
-    argv += ["--input", str(job.video), "--progress-json"]
-    argv += ["--resume", str(job.run_dir)] if resume else ["--run-dir", str(job.run_dir)]
+    argv += ["--input", str(job.video), "--run-dir", str(job.run_dir), "--progress-json", "--quiet"]
     if job.mask:
         argv += ["--mask", str(job.mask)]
     for flag, value in (("--points", args.points), ("--box", args.box), ("--prompt-frame", args.prompt_frame),

@@ -1,12 +1,14 @@
 """mattepod.batch: input expansion, run folder names, skip/resume/fail handling and the summary.
 
-The runs go through ``MATTEPOD_RUN_CMD`` = the real CLI once it exists on this branch, else the
-named fake (tests/fake_mattepod_run.py) that follows the same contract.
+Every run goes through the real ``python -m mattepod run`` with ``engine.name: mask`` (no weights).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,12 +19,6 @@ from mattepod.errors import InputNotFoundError
 from tests.batch_media import make_broken, make_clip, make_mask
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cmd() -> str:
-    if (ROOT / "mattepod" / "cli.py").is_file():
-        return ""  # the real `python -m mattepod run`
-    return f"{sys.executable} {ROOT / 'tests' / 'fake_mattepod_run.py'}"
 
 
 @pytest.fixture
@@ -68,9 +64,25 @@ def test_mask_folder_per_video(tmp_path: Path) -> None:
     assert mask is None and "b.png" in problem
 
 
+def argv_for_cli(video: Path, mask: Path, run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "mattepod", "run","--input", str(video), "--mask", str(mask), "--run-dir", str(run_dir), "--engine", "mask",
+                  "--outputs", "alpha", "--set", "recovery.segment_frames=20", "--progress-json", "--quiet"]
+
+
+def interrupt(argv: list[str]) -> None:
+    """Start a real run and SIGINT it as soon as it reports its first frames (a user's Ctrl-C)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    for line in proc.stdout:
+        if '"event": "start"' in line or '"start"' in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    proc.communicate(timeout=60)
+
+
 def test_batch_reports_failure_goes_on_and_rerun_skips(tmp_path: Path, videos: Path, monkeypatch,
                                                        capsys) -> None:
-    monkeypatch.setenv("MATTEPOD_RUN_CMD", run_cmd())
+    monkeypatch.delenv("MATTEPOD_RUN_CMD", raising=False)
     out = tmp_path / "out"
     argv = ["--input", str(videos), "--mask", str(tmp_path / "mask.png"), "--output-dir", str(out),
             "--set", "engine.name=mask", "--outputs", "alpha", "--quiet"]
@@ -85,21 +97,22 @@ def test_batch_reports_failure_goes_on_and_rerun_skips(tmp_path: Path, videos: P
     assert [r["status"] for r in summary] == ["completed", "completed", "failed"]
 
     # An interrupted run: the batch resumes it instead of starting over.
-    meta = json.loads((out / "b" / "metadata.json").read_text())
-    meta["status"] = "running"
-    (out / "b" / "metadata.json").write_text(json.dumps(meta))
+    make_clip(videos / "c.mp4", frames=150)
+    interrupt(argv_for_cli(videos / "c.mp4", tmp_path / "mask.png", out / "c"))
+    assert json.loads((out / "c" / "metadata.json").read_text())["status"] == "cancelled"
     assert batch.main(argv) == 1
     table = capsys.readouterr().out
     rows = {line.split()[0]: line for line in table.splitlines() if line.split() and "." in line.split()[0]}
     assert "skipped" in rows["a.mp4"] and "10/10" in rows["a.mp4"]
-    assert "completed (resumed)" in rows["b.mov"]
+    assert "skipped" in rows["b.mov"]
+    assert "completed (resumed)" in rows["c.mp4"] and "150/150" in rows["c.mp4"]
     assert "failed" in rows["broken.mp4"]
     summary = json.loads((out / "batch-summary.json").read_text())
-    assert [r["action"] for r in summary] == ["skip", "resume", "resume"]
+    assert [r["action"] for r in summary] == ["skip", "skip", "new", "resume"]
 
     assert batch.main(argv + ["--skip-failed"]) == 1  # broken is not retried, but still reported failed
     summary = json.loads((out / "batch-summary.json").read_text())
-    assert [r["action"] for r in summary] == ["skip", "skip", "skip"]
+    assert [r["action"] for r in summary] == ["skip", "skip", "new", "skip"]
 
 
 def test_bad_config_fails_once_up_front(tmp_path: Path, videos: Path, capsys) -> None:
