@@ -56,8 +56,8 @@ def plan_ranges(total_frames: int, fps: float, first: int = 0, ranges: int | Non
                 segment_seconds: float | None = None, min_frames: int = 1) -> list[Range]:
     """Split ``total_frames`` (from ``first``) into contiguous ranges; the last one takes the remainder.
 
-    ``ranges`` splits into N near-equal parts; ``segment_seconds`` into parts of that length. Ranges are never
-    shorter than ``min_frames`` (a tiny tail is merged into the range before it).
+    ``ranges`` splits into N near-equal parts (at most one per frame); ``segment_seconds`` into parts of that
+    length, where a tail shorter than ``min_frames`` is merged into the range before it.
     """
     if (ranges is None) == (segment_seconds is None):
         raise ConfigError("split needs exactly one of ranges or segment_seconds",
@@ -74,7 +74,7 @@ def plan_ranges(total_frames: int, fps: float, first: int = 0, ranges: int | Non
             raise ConfigError(f"split.segment_seconds must be > 0, got {segment_seconds}", "use seconds, e.g. 60")
         step = max(1, round(segment_seconds * fps))
         bounds = list(range(0, total_frames, step)) + [total_frames]
-    if len(bounds) > 2 and bounds[-1] - bounds[-2] < min_frames:
+    if segment_seconds is not None and len(bounds) > 2 and bounds[-1] - bounds[-2] < min_frames:
         del bounds[-2]
     out = []
     for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
