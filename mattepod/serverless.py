@@ -532,9 +532,8 @@ def dispatch(jobs: list[dict[str, Any]]) -> list[str]:
                           "set them on the endpoint, or submit the returned jobs yourself")
     import runpod
 
-    runpod.api_key = api_key
-    endpoint = runpod.Endpoint(endpoint_id)
-    return [endpoint.run(inp).job_id for inp in jobs]
+    endpoint = runpod.Endpoint(endpoint_id, api_key=api_key)
+    return [endpoint.run({"input": inp}).job_id for inp in jobs]
 
 
 def do_join(job: dict[str, Any], spec: JobIn) -> dict[str, Any]:

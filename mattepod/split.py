@@ -219,11 +219,11 @@ def run_split(submit: Callable[[dict[str, Any]], dict[str, Any]], job_input: dic
     ``submit`` is e.g. ``lambda inp: runpod.Endpoint(ID).run_sync(inp, timeout=3600)`` or a POST to a local
     worker's ``/runsync``. RunPod's queue hands each range job to the next free worker.
     """
-    plan = submit({**job_input, "action": "plan"})
+    plan = submit({**job_input, "action": "plan"}) or {}
     if "jobs" not in plan:
         raise RunStateError(f"plan job failed: {plan.get('error') or plan}", "fix the job input")
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(plan["jobs"])))) as pool:
-        results = list(pool.map(submit, plan["jobs"]))
+        results = [r or {} for r in pool.map(submit, plan["jobs"])]
     failed = [i for i, r in enumerate(results) if r.get("status") != "completed"]
     if failed:
         raise RunStateError(f"range jobs {failed} failed: {[results[i].get('error') for i in failed]}",
@@ -234,3 +234,33 @@ def run_split(submit: Callable[[dict[str, Any]], dict[str, Any]], job_input: dic
 
 def ranges_json(ranges: list[Range]) -> list[dict[str, Any]]:
     return [asdict(r) for r in ranges]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mattepod.split --endpoint ID job.json``: plan, fan the ranges out over the endpoint's workers,
+    join; prints the join result. Needs RUNPOD_API_KEY."""
+    import argparse
+    import os
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m mattepod.split", description=main.__doc__)
+    p.add_argument("job", help="JSON file with the job input (the object under \"input\", with a split section)")
+    p.add_argument("--endpoint", required=True, help="RunPod endpoint id")
+    p.add_argument("--parallel", type=int, default=8, help="range jobs in flight at once")
+    p.add_argument("--timeout", type=int, default=6 * 3600, help="seconds to wait for each job")
+    args = p.parse_args(argv)
+    import runpod
+
+    endpoint = runpod.Endpoint(args.endpoint, api_key=os.environ.get("RUNPOD_API_KEY"))
+    job = json.loads(Path(args.job).read_text())
+    try:
+        out = run_split(lambda inp: endpoint.run_sync({"input": inp}, timeout=args.timeout), job, args.parallel)
+    except RunStateError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    print(json.dumps(out["join"], indent=2))
+    return 0 if (out["join"] or {}).get("status") == "completed" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -15,8 +15,7 @@ VR180 options:
       --packed            add the alpha-packed passthrough output (outputs: packed)
       --reprompt-on-drift re-prompt the slave eye from the master when the eyes disagree
 
-Prompts are given in the master eye's coordinates of the full frame. Every flag of
-infer_video.sh works here too (input, prompt, outputs, config, batch):
+Every flag of infer_video.sh works here too (input, prompt, outputs, config, batch):
 
 USAGE
   "$(dirname "${BASH_SOURCE[0]}")/infer_video.sh" --help | sed -n '/^Input/,$p'
