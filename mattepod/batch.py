@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -299,7 +300,10 @@ def run_one(args: argparse.Namespace, job: VideoJob, resume: bool, label: str) -
         _pump(proc.stdout, progress.feed, out_tail)
         code = proc.wait()
     except KeyboardInterrupt:
-        # The child got the same SIGINT (same process group) and writes its own cancelled state.
+        # Ctrl-C in a terminal reaches the child too (same process group); a signal sent to the batch alone
+        # (kill -INT / docker stop) does not, so pass it on. The child records a resumable "cancelled" state.
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -453,6 +457,10 @@ def plan(args: argparse.Namespace, output_dir: Path) -> list[VideoJob]:
     return jobs
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -469,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{job.video}\t{job.run_dir}\t{job.problem or action}")
         return 0
     output_dir.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # docker stop / a pod shutting down: stop like Ctrl-C
     results: list[VideoResult] = []
     cancelled = False
     for i, job in enumerate(jobs, 1):

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -469,6 +470,8 @@ def do_run(job: dict[str, Any], spec: JobIn) -> dict[str, Any]:
               "outputs": {fmt: str(run_dir / name) for fmt, name in outputs.items()},
               "uploads": uploads, "metadata": _summary(meta), "progress_updates": relay.sent}
     write_atomic(run_dir / "serverless_result.json", json.dumps(result, indent=2, default=str))
+    if meta.get("status") == "completed" and work.is_dir():
+        shutil.rmtree(work, ignore_errors=True)  # downloaded inputs: the volume is not a cache (kept on failure)
     return result
 
 

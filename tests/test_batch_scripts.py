@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,24 @@ def test_infer_vr180_sets_stereo_mode(tmp_path: Path) -> None:
     assert stereo["mode"] == "vr180" and stereo["layout"] == "sbs"
     bad = sh(str(SCRIPTS[1]), "-i", str(clip), "-a", "--layout", "diagonal", "--dry-run")
     assert bad.returncode == 2 and "stereo.layout" in bad.stderr
+
+
+def test_sigterm_to_the_batch_cancels_the_running_video_and_rerun_resumes(tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    make_clip(videos / "long1.mp4", frames=400)
+    make_clip(videos / "long2.mp4", frames=10)
+    mask = make_mask(tmp_path / "mask.png")
+    out = tmp_path / "out"
+    argv = ["bash", str(SCRIPTS[0]), "-i", str(videos), "-m", str(mask), "-e", "mask", "-o", "alpha", "-d", str(out)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    for line in proc.stderr:  # the script execs python, so proc.pid is the batch itself
+        if "long1.mp4: matting" in line:  # the run is under way (its folder exists)
+            proc.send_signal(signal.SIGTERM)
+            break
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stdout
+    assert "long1.mp4" in stdout and "cancelled" in stdout and "long2.mp4" not in stdout
+    assert json.loads((out / "long1" / "metadata.json").read_text())["status"] == "cancelled"
+    again = sh(*argv[1:])
+    assert again.returncode == 0, again.stderr
+    assert "completed (resumed)" in again.stdout and "400/400" in again.stdout
