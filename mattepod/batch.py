@@ -465,7 +465,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         cfg = _check_config(args)
-        output_dir = Path(args.output_dir or os.environ.get("OUTPUT_DIR") or cfg.output_dir)
+        # Same rule as the CLI: --output-dir, else the config's output_dir, else $OUTPUT_DIR (the container's
+        # volume) when the config keeps the default.
+        env_dir = os.environ.get("OUTPUT_DIR") if cfg.output_dir == "output" else None
+        output_dir = Path(args.output_dir or env_dir or cfg.output_dir)
         jobs = plan(args, output_dir)
     except MattePodError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -59,6 +59,7 @@ def allowed_roots() -> list[Path]:
     """Folders a job may name local files in (the network volume, the container's workspace)."""
     env = os.environ.get("MATTEPOD_ALLOWED_ROOTS")
     roots = env.split(os.pathsep) if env else [str(volume_root()), "/workspace"]
+    roots.append(str(output_root()))  # our own outputs (plans, downloaded inputs of a split) are always fine
     return [Path(r).resolve() for r in roots if r]
 
 
