@@ -428,17 +428,23 @@ def _check_config(args: argparse.Namespace) -> cfgmod.Config:
     overrides = dict(cfgmod.parse_set(s) for s in args.set or [])
     if args.outputs:
         overrides["outputs.formats"] = [f.strip() for f in args.outputs.split(",") if f.strip()]
-    cfg = cfgmod.load(args.config, overrides)
+    return cfgmod.load(args.config, overrides)
+
+
+def _has_prompt(args: argparse.Namespace, cfg: cfgmod.Config) -> bool:
     p = cfg.prompt
-    if not (args.mask or args.points or args.box or args.auto_person
-            or p.mask or p.points or p.box or p.auto_person):
-        raise ConfigError("no prompt: nothing says which subject to matte",
-                          "give --mask FILE|DIR, --points, --box or --auto-person (or prompt.* in the config)")
-    return cfg
+    return bool(args.mask or args.points or args.box or args.auto_person or p.mask or p.points or p.box
+                or p.auto_person)
 
 
-def plan(args: argparse.Namespace, output_dir: Path) -> list[VideoJob]:
+NO_PROMPT_FIX = "give --mask FILE|DIR, --points, --box or --auto-person (or prompt.* in the config)"
+
+
+def plan(args: argparse.Namespace, output_dir: Path, cfg: cfgmod.Config) -> list[VideoJob]:
     entries = expand_inputs(args.input)
+    shared_prompt = _has_prompt(args, cfg)
+    if not shared_prompt and not any(mask for _, mask in entries):
+        raise ConfigError("no prompt: nothing says which subject to matte", NO_PROMPT_FIX)
     top_mask = Path(args.mask) if args.mask else None
     if top_mask is not None and not top_mask.exists():
         raise InputNotFoundError(f"mask {top_mask} not found", "give a mask PNG or a folder of <stem>.png masks")
@@ -453,6 +459,9 @@ def plan(args: argparse.Namespace, output_dir: Path) -> list[VideoJob]:
             if chosen is not None and not chosen.exists():
                 problem = f"mask {chosen} not found -> fix the mask path"
             job.problem = job.problem or problem
+            if job.mask is None and not shared_prompt:
+                job.problem = job.problem or (f"no prompt for {video.name} -> add TAB + mask to its list line, "
+                                              f"or {NO_PROMPT_FIX}")
         jobs.append(job)
     return jobs
 
@@ -469,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         # volume) when the config keeps the default.
         env_dir = os.environ.get("OUTPUT_DIR") if cfg.output_dir == "output" else None
         output_dir = Path(args.output_dir or env_dir or cfg.output_dir)
-        jobs = plan(args, output_dir)
+        jobs = plan(args, output_dir, cfg)
     except MattePodError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

@@ -124,11 +124,13 @@ def test_sigterm_to_the_batch_cancels_the_running_video_and_rerun_resumes(tmp_pa
 
 def test_infer_video_list_file_with_masks_and_a_missing_entry(tmp_path: Path) -> None:
     make_clip(tmp_path / "shots" / "s1.mp4", frames=4)
+    make_clip(tmp_path / "shots" / "s2.mp4", frames=4)
     make_mask(tmp_path / "shots" / "s1_mask.png")
     lst = tmp_path / "shots.txt"
-    lst.write_text("# tonight's shots\nshots/s1.mp4\tshots/s1_mask.png\nshots/gone.mp4\n")
+    lst.write_text("# tonight's shots\nshots/s1.mp4\tshots/s1_mask.png\nshots/gone.mp4\nshots/s2.mp4\n")
     res = sh(str(SCRIPTS[0]), "-i", str(lst), "-e", "mask", "-o", "alpha", "-d", str(tmp_path / "out"))
     assert res.returncode == 1, res.stderr
-    rows = {ln.split()[0]: ln for ln in res.stdout.splitlines() if ln.startswith(("s1.mp4", "gone.mp4"))}
+    rows = {ln.split()[0]: ln for ln in res.stdout.splitlines() if ln.startswith(("s1.mp4", "s2.mp4", "gone.mp4"))}
     assert "completed" in rows["s1.mp4"] and "4/4" in rows["s1.mp4"]
     assert "failed" in rows["gone.mp4"] and "not found" in rows["gone.mp4"]
+    assert "failed" in rows["s2.mp4"] and "no prompt for s2.mp4" in rows["s2.mp4"]
