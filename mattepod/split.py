@@ -28,7 +28,7 @@ import numpy as np
 
 from mattepod import config as cfgmod
 from mattepod.errors import ConfigError, InvalidMediaError, MaskError, RunStateError
-from mattepod.media.probe import MediaInfo, probe
+from mattepod.media.probe import probe
 from mattepod.media.reader import read_frame
 from mattepod.media.writer import join_segments
 from mattepod.outputs import FORMATS
