@@ -47,6 +47,8 @@ from mattepod.runfolder import CONFIG, RunFolder, open_for_new_run, read_json
 log = logging.getLogger("mattepod.pipeline")
 
 _END = object()
+# Fault injection for the crash/resume tests (TEST.md): SIGKILL this process after N frames of matting.
+_KILL_AT = int(os.environ.get("MATTEPOD_TEST_KILL_AT_FRAME", "0")) or None
 SPILL_CHUNK_BYTES = 256 << 20  # frames decoded at once for the backward pass
 
 
@@ -455,6 +457,8 @@ def _execute(cfg: Config, info: MediaInfo, first: int, count: int, folder: RunFo
             clock.add("engine", time.perf_counter() - t)
             put(("frame", i, frame, alpha))
             done = i + 1
+            if _KILL_AT is not None and done == _KILL_AT:
+                os.kill(os.getpid(), signal.SIGKILL)
             if done % seg_len == 0 or done == count:
                 blob = serialise_state(engine.get_state()) if started else None
                 put(("close", i // seg_len, done, blob))

@@ -24,8 +24,11 @@ def make_video(path: Path, width: int = 96, height: int = 64, frames: int = 24, 
         src = "testsrc"  # testsrc2 rounds odd sizes down
     cmd = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"{src}=size={width}x{height}:rate={fps}"]
     if audio:
-        cmd += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-c:a", "aac", "-shortest"]
-    cmd += ["-frames:v", str(frames)]
+        from fractions import Fraction
+
+        seconds = float(frames / Fraction(fps))
+        cmd += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds:.4f}", "-c:a", "aac"]
+    cmd += ["-frames:v", str(frames)] if not audio else ["-t", f"{seconds:.4f}"]
     odd = bool(width % 2 or height % 2)
     pix = ["-pix_fmt", "yuv444p" if odd else "yuv420p"] if codec in ("libx264", "ffv1") else []
     cmd += ["-c:v", codec, *pix, *(extra or []), str(path)]
@@ -56,7 +59,7 @@ def decode(path: Path, pix_fmt: str = "gray16le") -> np.ndarray:
                            "stream=width,height", "-of", "csv=p=0", str(path)], capture_output=True, text=True,
                           check=True).stdout.strip().split(",")
     w, h = int(info[0]), int(info[1])
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", pix_fmt, "-"],
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", pix_fmt, "-"],
                          capture_output=True, check=True).stdout
     ch = {"gray16le": 1, "gray": 1, "rgb24": 3, "rgba": 4, "rgba64le": 4}[pix_fmt]
     dt = np.uint16 if pix_fmt in ("gray16le", "rgba64le") else np.uint8
