@@ -64,11 +64,27 @@ def allowed_roots() -> list[Path]:
 
 
 def output_root() -> Path:
-    env = os.environ.get("MATTEPOD_OUTPUT_DIR") or os.environ.get("OUTPUT_DIR")
+    """OUTPUT_DIR, else ``<volume>/output`` (where a pod with the same volume mounted
+    at /workspace sees ``/workspace/output``), else ./output."""
+    env = os.environ.get("OUTPUT_DIR")
     if env:
         return Path(env)
     vol = volume_root()
-    return vol / "mattepod" / "output" if vol.is_dir() else Path("output")
+    return vol / "output" if vol.is_dir() else Path("output")
+
+
+def check_storage() -> list[str]:
+    """Warnings for a worker whose outputs or weights would live on the container disk (lost, re-downloaded)."""
+    vol = volume_root().resolve()
+    if not vol.is_dir():
+        return [f"no network volume at {vol}: outputs stay on this worker's disk (attach a volume, or upload)"]
+    warn = []
+    for what, path in (("outputs", output_root()), ("weights", Path(os.environ.get("MODEL_CACHE_DIR") or "weights"))):
+        p = path.resolve()
+        if p != vol and vol not in p.parents:
+            warn.append(f"{what} go to {p}, not onto the volume {vol} -> set "
+                        f"{'OUTPUT_DIR' if what == 'outputs' else 'MODEL_CACHE_DIR'}={vol}/{what}")
+    return warn
 
 
 def max_download_bytes() -> int:
@@ -595,6 +611,8 @@ def main() -> None:
     import runpod
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for line in check_storage():
+        log.warning(line)
     preload_from_env()
     runpod.serverless.start({"handler": handler})
 

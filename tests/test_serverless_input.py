@@ -65,7 +65,7 @@ def volume(tmp_path: Path, monkeypatch) -> Path:
     make_mask(vol / "mask.png")
     monkeypatch.setenv("RUNPOD_VOLUME_PATH", str(vol))
     monkeypatch.setenv("MATTEPOD_ALLOWED_ROOTS", str(vol))
-    monkeypatch.setenv("MATTEPOD_OUTPUT_DIR", str(vol / "out"))
+    monkeypatch.setenv("OUTPUT_DIR", str(vol / "out"))
     monkeypatch.delenv("RUNPOD_WEBHOOK_POST_OUTPUT", raising=False)
     return vol
 
@@ -182,3 +182,14 @@ def test_plan_offsets_by_start_frame() -> None:
     got = splitmod.plan_ranges(20, 10.0, first=30, ranges=2)
     assert [(r.start_frame, r.start_time) for r in got] == [(30, 3.0), (40, 4.0)]
     assert json.loads(json.dumps(splitmod.ranges_json(got)))[1]["end_time"] == 5.0
+
+
+def test_storage_warnings_name_the_variable_to_set(volume: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MODEL_CACHE_DIR", str(volume / "weights"))
+    assert sv.check_storage() == []
+    monkeypatch.setenv("OUTPUT_DIR", str(tmp_path / "container-disk"))
+    monkeypatch.setenv("MODEL_CACHE_DIR", "/workspace/weights")
+    warnings = sv.check_storage()
+    assert len(warnings) == 2 and "OUTPUT_DIR=" in warnings[0] and f"MODEL_CACHE_DIR={volume}" in warnings[1]
+    monkeypatch.delenv("OUTPUT_DIR")
+    assert sv.output_root() == volume / "output"

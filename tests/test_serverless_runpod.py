@@ -58,7 +58,7 @@ def volume(tmp_path: Path) -> Path:
 def worker_env(vol: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "MATTEPOD_"))}
     env.update(PYTHONPATH=str(ROOT), RUNPOD_VOLUME_PATH=str(vol), MATTEPOD_ALLOWED_ROOTS=str(vol),
-               MATTEPOD_OUTPUT_DIR=str(vol / "out"), PYTHONUNBUFFERED="1", **extra)
+               OUTPUT_DIR=str(vol / "out"), PYTHONUNBUFFERED="1", **extra)
     return env
 
 
