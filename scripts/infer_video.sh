@@ -37,6 +37,7 @@ Batch:
 Exit status: 0 all videos completed (or were already), 1 some failed (see the summary table),
 2 bad flags/config, 3 input not found, 130 cancelled. Environment: MATTEPOD_PYTHON (python to use).
 Example: scripts/infer_video.sh -i /workspace/videos -a -o alpha,green -d /workspace/output
+In the container: docker run --gpus all -v /workspace:/workspace IMAGE scripts/infer_video.sh -i ...
 USAGE
 }
 
@@ -77,6 +78,10 @@ done
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="${repo_root}${PYTHONPATH:+:${PYTHONPATH}}"
-python_bin="${MATTEPOD_PYTHON:-python3}"
+python_bin="${MATTEPOD_PYTHON:-}"
+if [[ -z "$python_bin" ]]; then
+  # The image's interpreter is `python`; a bare host may only have python3.
+  if command -v python >/dev/null 2>&1; then python_bin=python; else python_bin=python3; fi
+fi
 command -v "$python_bin" >/dev/null 2>&1 || die "python not found: $python_bin (set MATTEPOD_PYTHON)"
 exec "$python_bin" -m mattepod.batch "${args[@]}"
