@@ -434,10 +434,29 @@ def build_config(spec: JobIn, video: Path | None, mask: Path | None, out_root: P
     for key, value in spec.set.items():
         put(key, value)
     cfg = cfgmod.validate(data, "job input config")
+    _confine_paths(cfg)
     pr = cfg.prompt
     if not (pr.mask or pr.points or pr.box or pr.auto_person):
         raise MaskError("job input: no prompt", 'give prompt.mask, prompt.points, prompt.box or prompt.auto_person')
     return cfg
+
+
+def _confine_paths(cfg: cfgmod.Config) -> None:
+    """File names inside ``config`` obey the same rule as the job's own: on the volume (relative paths are
+    resolved against it) or under an allowed root. Weights are the worker's business, never the job's."""
+    if cfg.weights_dir is not None:
+        raise ConfigError("job input: config.weights_dir cannot be set by a job",
+                          "the worker reads weights from MODEL_CACHE_DIR; drop the key")
+    p = cfg.prompt
+    if p.mask:
+        p.mask = str(local_path(p.mask, "prompt.mask"))
+    p.mask_add = [str(local_path(m, "prompt.mask_add")) for m in p.mask_add]
+    p.mask_subtract = [str(local_path(m, "prompt.mask_subtract")) for m in p.mask_subtract]
+    for kf in p.keyframes:
+        if kf.mask:
+            kf.mask = str(local_path(kf.mask, f"keyframe {kf.frame} mask"))
+    if cfg.outputs.background:
+        cfg.outputs.background = str(local_path(cfg.outputs.background, "outputs.background"))
 
 
 def _job_dirs(spec: JobIn, job_id: str, stem: str, suffix: str = "") -> tuple[Path, Path]:

@@ -94,6 +94,11 @@ MASKED = {"video": "in/clip.mp4", "prompt": {"mask": "mask.png"}, "set": {"engin
     ({**MASKED, "upload": {"put_urls": {"alpha": "ftp://x/y"}}}, "ConfigError", "put_urls"),
     ({**MASKED, "split": {"ranges": 2}, "outputs": ["png"]}, "ConfigError", "image sequences"),
     ({"action": "join"}, "ConfigError", "join section"),
+    ({**MASKED, "config": {"weights_dir": "/tmp"}}, "ConfigError", "weights_dir"),
+    ({"video": "in/clip.mp4", "config": {"prompt": {"mask": "/etc/hostname"}}}, "InputNotFoundError",
+     "prompt.mask /etc/hostname is outside"),
+    ({**MASKED, "outputs": ["composite"], "config": {"outputs": {"background": "/etc/hostname"}}},
+     "InputNotFoundError", "outputs.background"),
 ])
 def test_bad_job_input_is_one_clear_error(volume: Path, inp, kind: str, words: str) -> None:
     out = sv.handler(job(inp))
@@ -193,3 +198,13 @@ def test_storage_warnings_name_the_variable_to_set(volume: Path, tmp_path: Path,
     assert len(warnings) == 2 and "OUTPUT_DIR=" in warnings[0] and f"MODEL_CACHE_DIR={volume}" in warnings[1]
     monkeypatch.delenv("OUTPUT_DIR")
     assert sv.output_root() == volume / "output"
+
+
+def test_paths_inside_config_resolve_on_the_volume(volume: Path) -> None:
+    out = sv.handler(job({"video": "in/clip.mp4", "outputs": ["alpha"],
+                          "config": {"prompt": {"mask": "mask.png"}, "engine": {"name": "mask"}}}, "cfgmask"))
+    assert out["status"] == "completed", out
+    import yaml
+
+    used = yaml.safe_load((Path(out["run_dir"]) / "config.yaml").read_text())["prompt"]["mask"]
+    assert used == str(volume / "mask.png")
