@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mattepod import serverless as sv
 from mattepod import split as splitmod
@@ -204,7 +205,5 @@ def test_paths_inside_config_resolve_on_the_volume(volume: Path) -> None:
     out = sv.handler(job({"video": "in/clip.mp4", "outputs": ["alpha"],
                           "config": {"prompt": {"mask": "mask.png"}, "engine": {"name": "mask"}}}, "cfgmask"))
     assert out["status"] == "completed", out
-    import yaml
-
     used = yaml.safe_load((Path(out["run_dir"]) / "config.yaml").read_text())["prompt"]["mask"]
     assert used == str(volume / "mask.png")
