@@ -110,6 +110,9 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
 ]}
 
 
+COLOUR_FORMATS = {"green", "composite", "prores", "webm"}  # picture outputs (the mattes are data, untagged)
+
+
 def _packed(frame: np.ndarray, alpha: np.ndarray, ctx: RenderContext) -> np.ndarray:
     from mattepod.vrproject import packed_frame
 
@@ -187,6 +190,7 @@ class OutputSet:
     video_encoders: dict[str, str]
     layout: Any = None
     fov: float = 180.0
+    color_tags: dict[str, str] = field(default_factory=dict)  # the source's colour description (ffprobe names)
     formats: list[Format] = field(init=False)
     _writers: dict[str, FFmpegWriter] = field(default_factory=dict, init=False)
     _bg: BackgroundSource | None = field(default=None, init=False)
@@ -223,6 +227,8 @@ class OutputSet:
             else:
                 w, h = frame_size(fmt, self.width, self.height, self.layout)
                 args = fmt.args(self.ctx)
+                if fmt.name in COLOUR_FORMATS:
+                    args = [*args, *self._colour_args()]
                 if self.layout is not None and self.name(fmt).endswith((".mkv", ".webm")):
                     from mattepod.vrproject import stereo_mode_tag
 
@@ -253,6 +259,12 @@ class OutputSet:
             for w in writers.values():
                 w.abort()
             raise
+
+    def _colour_args(self) -> list[str]:
+        """Pictures keep the source's colour description (a BT.709 clip stays tagged BT.709)."""
+        flags = {"color_primaries": "-color_primaries", "color_transfer": "-color_trc", "color_space": "-colorspace"}
+        return [arg for key, flag in flags.items() if self.color_tags.get(key, "unknown") not in ("unknown", "reserved")
+                for arg in (flag, self.color_tags[key])]
 
     def abort(self) -> None:
         for w in self._writers.values():

@@ -396,7 +396,8 @@ def _execute(cfg: Config, info: MediaInfo, first: int, count: int, folder: RunFo
         manifest.backward_done = True
         manifest.save(run_dir)
 
-    outs = OutputSet(run_dir, stem, info.width, info.height, info.fps, cfg.outputs, encoders, layout, cfg.stereo.fov)
+    outs = OutputSet(run_dir, stem, info.width, info.height, info.fps, cfg.outputs, encoders, layout, cfg.stereo.fov,
+                     info.color)
     preview_at = _preview_frames(count, cfg.outputs.previews)
     clock = StageClock()
     i0 = manifest.frames_done

@@ -238,3 +238,12 @@ def test_run_inference_script_is_the_same_entry_point(tmp_path, clip, mask):
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_inference.py"), "--input", str(tmp_path / "no.mp4")],
                          capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 3 and "does not exist" in bad.stderr
+
+
+def test_picture_outputs_keep_the_source_colour_description(tmp_path, mask):
+    clip = make_video(tmp_path / "c709.mp4", 96, 64, frames=6, audio=False,
+                      extra=["-color_primaries", "bt709", "-color_trc", "bt709", "-colorspace", "bt709"])
+    cfg = _cfg(tmp_path, clip, mask, **{"outputs.formats": ["green", "alpha"]})
+    res = pipeline.run(cfg, pipeline.RunOptions(progress_bar=False))
+    green = [s for s in stream_info(res.run_dir / "c709_green.mp4") if s["codec_type"] == "video"][0]
+    assert (green.get("color_primaries"), green.get("color_transfer"), green.get("color_space")) == ("bt709",) * 3
