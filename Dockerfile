@@ -62,8 +62,11 @@ ENV NVIDIA_VISIBLE_DEVICES=all \
 ENTRYPOINT ["/usr/bin/tini", "-g", "--", "/opt/mattepod/docker/entrypoint.sh"]
 
 # RunPod serverless worker: same image, the worker instead of the UI, no port, no HTTP health check.
+# Serverless workers mount the network volume at /runpod-volume (pods: /workspace).
 FROM runtime AS serverless
-ENV STARTUP_COMMAND="python -m mattepod.serverless"
+ENV STARTUP_COMMAND="python -m mattepod.serverless" \
+    MODEL_CACHE_DIR=/runpod-volume/weights \
+    OUTPUT_DIR=/runpod-volume/output
 HEALTHCHECK NONE
 
 # Default target: the Gradio UI on port 7860.

@@ -221,3 +221,29 @@ def test_real_clip_end_to_end(tmp_path):
         streams = stream_info(run_dir / name)
         assert int([s for s in streams if s["codec_type"] == "video"][0]["nb_read_frames"]) == 79
         assert any(s["codec_type"] == "audio" and s["codec_name"] == "aac" for s in streams)
+
+
+def test_run_inference_script_is_the_same_entry_point(tmp_path, clip, mask):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_inference.py"), "--input", str(clip), "--mask",
+                          str(mask), "--engine", "mask", "--outputs", "alpha16", "-o", str(tmp_path / "o"),
+                          "--progress-json"], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    done = json.loads(res.stdout.splitlines()[-1])
+    assert done["event"] == "done" and done["status"] == "completed" and done["outputs"] == {"alpha16": "clip_alpha16_png"}
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_inference.py"), "--input", str(tmp_path / "no.mp4")],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 3 and "does not exist" in bad.stderr
+
+
+def test_picture_outputs_keep_the_source_colour_description(tmp_path, mask):
+    clip = make_video(tmp_path / "c709.mp4", 96, 64, frames=6, audio=False,
+                      extra=["-color_primaries", "bt709", "-color_trc", "bt709", "-colorspace", "bt709"])
+    cfg = _cfg(tmp_path, clip, mask, **{"outputs.formats": ["green", "alpha"]})
+    res = pipeline.run(cfg, pipeline.RunOptions(progress_bar=False))
+    green = [s for s in stream_info(res.run_dir / "c709_green.mp4") if s["codec_type"] == "video"][0]
+    assert (green.get("color_primaries"), green.get("color_transfer"), green.get("color_space")) == ("bt709",) * 3
