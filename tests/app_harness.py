@@ -110,3 +110,12 @@ class RunningApp:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def make_long_clip(path: Path, frames: int = 3000, w: int = 160, h: int = 96, fps: int = 25) -> Path:
+    """A long clip (ffmpeg's test pattern) for jobs that must still be running when a test cancels them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc=size={w}x{h}:rate={fps}",
+                    "-frames:v", str(frames), "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "ultrafast",
+                    str(path)], check=True, timeout=120)
+    return path

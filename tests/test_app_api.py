@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 
-from tests.app_harness import BOX, RunningApp, make_clip, write_mask
+from tests.app_harness import BOX, RunningApp, make_clip, make_long_clip, write_mask
 from tests.weightgen import make_sam2_weights
 
 MASK_JOB = json.dumps({"engine.name": "mask", "outputs.formats": ["alpha"], "outputs.previews": 1,
@@ -23,7 +23,7 @@ def app(tmp_path_factory):
     running = RunningApp(root)
     make_clip(root / "clips" / "clip.mp4")
     write_mask(root / "clips" / "mask.png")
-    make_clip(running.input / "long.mp4", frames=300)
+    make_long_clip(running.input / "long.mp4")
     make_clip(running.input / "clicks.mp4", frames=8)
     make_sam2_weights(running.weights, "tiny")  # seeded random SAM 2.1 tiny: clicks through the real loader
     yield running
@@ -128,7 +128,7 @@ def test_queue_positions_and_cancel_stops_the_process(app, client):
     pid = json.loads((app.output / first["id"] / "job.json").read_text())["pid"]
     assert pid in process_groups()  # the job leads its own process group (with its ffmpeg children)
     cancelled = client.predict(job_id=first["id"], api_name="/cancel_job")
-    assert cancelled["status"] == "cancelled" and cancelled["frame"] < 300, cancelled
+    assert cancelled["status"] == "cancelled" and cancelled["frame"] < 3000, cancelled
     assert pid not in process_groups(), "a process of the cancelled job is still alive"
     listed = {j["id"]: j["status"] for j in client.predict(api_name="/list_jobs")}
     assert listed[second["id"]] == "cancelled"
@@ -178,3 +178,19 @@ def test_only_the_volumes_are_served(app, client):
     assert code("/etc/passwd") in (403, 404)
     assert code(app.log) in (403, 404)  # the app's own folder is not a volume
     assert code(str(app.output) + "/../" + app.log.name) in (403, 404)
+
+
+def test_vr180_job_through_the_api(app, client):
+    """A side-by-side clip in vr180 mode: the full-frame mask's master half is the prompt."""
+    clip = make_clip(app.input / "scene_LR_180.mp4", frames=6, w=192, h=96)  # the square is in the left eye
+    mask = app.root / "clips" / "vr_mask.png"
+    full = np.zeros((96, 192), np.uint8)
+    full[BOX["y0"] : BOX["y0"] + BOX["size"], BOX["x0"] : BOX["x0"] + BOX["size"]] = 255
+    cv2.imwrite(str(mask), full)
+    opts = json.dumps({"engine.name": "mask", "outputs.formats": ["alpha"], "stereo.mode": "vr180",
+                       "engine.erode": 0, "engine.dilate": 0})
+    info = client.predict(video=None, input_path=str(clip), points="", box="", prompt_frame=0,
+                          mask=handle_file(str(mask)), options=opts, api_name="/submit_job")
+    st = client.predict(job_id=info["id"], api_name="/wait_job")
+    assert st["status"] == "completed", st
+    assert st["total"] == 6 and st["outputs"]

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.app_harness import BOX, REPO, RunningApp, box_mask, make_clip
+from tests.app_harness import BOX, REPO, RunningApp, box_mask, make_clip, make_long_clip
 from tests.weightgen import make_sam2_weights
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -135,7 +135,7 @@ def test_brush_then_cancel_a_running_job(app, tmp_path):
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    clip = make_clip(tmp_path / "long.mp4", frames=400)
+    clip = make_long_clip(tmp_path / "long.mp4")
     mask = tmp_path / "mask.png"
     cv2.imwrite(str(mask), box_mask(0))
     with sync_playwright() as p:
@@ -143,7 +143,7 @@ def test_brush_then_cancel_a_running_job(app, tmp_path):
         page = browser.new_page(viewport={"width": 1400, "height": 1500})
         page.goto(app.url)
         page.locator("#upload input[type=file]").set_input_files(str(clip))
-        text_has(page, "#media-info", "400 frames")
+        text_has(page, "#media-info", "3000 frames")
         page.locator("#mask-upload input[type=file]").set_input_files(str(mask))
         text_has(page, "#prompt-info", "mask covers 10.4%")
 
@@ -169,12 +169,12 @@ def test_brush_then_cancel_a_running_job(app, tmp_path):
         page.screenshot(path=str(ARTIFACTS / "brush-2-applied.png"), full_page=True)
 
         page.click("#run")
-        page.wait_for_function("() => /matting \\d+\\/400/.test(document.body.innerText)", timeout=120_000)
+        page.wait_for_function("() => /matting \\d+\\/3000/.test(document.body.innerText)", timeout=120_000)
         page.screenshot(path=str(ARTIFACTS / "cancel-1-running.png"), full_page=True)
         page.click("#cancel")
         text_has(page, "#run-status", "cancelled", timeout=60_000)
         # the Run handler notices the end too and replaces its progress bars with the (empty) results
-        page.wait_for_function("() => !/matting \\d+\\/400/.test(document.body.innerText)", timeout=30_000)
+        page.wait_for_function("() => !/matting \\d+\\/3000/.test(document.body.innerText)", timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "cancel-2-cancelled.png"), full_page=True)
         browser.close()
 
