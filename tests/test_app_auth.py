@@ -5,7 +5,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from gradio_client import Client
+from gradio_client import Client, handle_file
 
 from tests.app_harness import RunningApp
 
@@ -22,7 +22,8 @@ def app(tmp_path_factory):
                                                    "error": {"type": "InvalidMediaError", "exit_code": 4,
                                                              "message": "old.mp4 is truncated"}}))
     (root / "output" / "result.txt").write_text("private")
-    running = RunningApp(root, {"GRADIO_USERNAME": "ana", "GRADIO_PASSWORD": "s3cret-pw"})
+    running = RunningApp(root, {"GRADIO_USERNAME": "ana", "GRADIO_PASSWORD": "s3cret-pw",
+                                "GRADIO_MAX_FILE_SIZE": "20kb"})
     yield running
     running.stop()
 
@@ -50,6 +51,16 @@ def test_password_opens_the_api_and_lists_earlier_jobs(app):
     assert jobs["old_20260101-000000"]["status"] == "failed"
     assert "truncated" in jobs["old_20260101-000000"]["error"]["message"]
     assert "NO PASSWORD SET" not in app.log_text()
+
+
+def test_uploads_above_max_file_size_are_refused(app, tmp_path):
+    client = Client(app.url, auth=("ana", "s3cret-pw"), verbose=False)
+    big = tmp_path / "big.mp4"
+    big.write_bytes(b"\0" * 60_000)
+    with pytest.raises(Exception, match="(?i)size|large|413"):
+        client.predict(video=handle_file(str(big)), input_path="", points="[[1, 1, 1]]", box="", prompt_frame=0,
+                       mask=None, options="", api_name="/submit_job")
+    assert not (app.input / "uploads" / "big.mp4").exists()
 
 
 def test_auth_checker_variants():
