@@ -603,7 +603,7 @@ def build_app(state: AppState) -> gr.Blocks:
 
         refresh.click(lambda: jobs_table(state), None, table, api_visibility="private")
         demo.load(lambda: jobs_table(state), None, table, api_visibility="private")
-        timer.tick(lambda: jobs_table(state), None, table, api_visibility="private")
+        timer.tick(lambda: jobs_table(state), None, table, api_visibility="private", show_progress="hidden")
 
         def pick_row(evt: gr.SelectData):
             row = evt.row_value or []
