@@ -103,10 +103,25 @@ class AppState:
                 log.warning("SAM 2 %s cannot be loaded: %s", model, err)
                 return None
 
+    def prefetch(self, model: str, frame: np.ndarray | None = None) -> None:
+        """Load the predictor and embed ``frame`` in the background, so the first click only decodes the
+        mask (the image encoder is the slow part: seconds on CPU, tens of ms on a GPU)."""
+
+        def work() -> None:
+            try:
+                prompter = self.prompter(model)
+                if prompter is not None and frame is not None:
+                    prompter.set_frame(np.array(frame, dtype=np.uint8, order="C"))
+            except Exception as exc:  # noqa: BLE001 - a failed prefetch only costs the first click its speed
+                log.warning("SAM 2 prefetch failed: %s", exc)
+
+        threading.Thread(target=work, name="sam2-prefetch", daemon=True).start()
+
     def sam_mask(self, model: str, frame: np.ndarray, points: list[list[float]]) -> np.ndarray | None:
         prompter = self.prompter(model)
         if prompter is None or not points:
             return None
+        frame = np.array(frame, dtype=np.uint8, order="C")  # writable, contiguous: what torch wants
         try:
             mask = prompter.mask_for(frame, [tuple(p) for p in points], None, False)  # locks internally
         except MattePodError as err:
@@ -478,7 +493,7 @@ def build_app(state: AppState) -> gr.Blocks:
 
         # ---- prompt flow -------------------------------------------------------------------------------------
 
-        def load_video(path, mode_v, master_v, layout_v):
+        def load_video(path, mode_v, master_v, layout_v, model):
             if not path:
                 return "", {}, gr.update(), None, {}, [], None, "No video loaded.", None, ""
             try:
@@ -491,25 +506,28 @@ def build_app(state: AppState) -> gr.Blocks:
                   f"{info['fps']:.3f} fps")
             slider = gr.update(minimum=0, maximum=max(info["frames"] - 1, 1), value=0,
                                interactive=info["frames"] > 1)
+            state.prefetch(model, frame)
             return str(src), info, slider, frame, view, [], None, md, frame, _prompt_text([], None)
 
         load_outputs = [video_path, media, frame_slider, frame_state, view_state, points, mask_state, media_md,
                         frame_img, prompt_md]
-        upload.upload(load_video, [upload, mode, master, layout], load_outputs, api_visibility="private")
-        existing.input(load_video, [existing, mode, master, layout], load_outputs, api_visibility="private")
+        upload.upload(load_video, [upload, mode, master, layout, sam2_model], load_outputs, api_visibility="private")
+        existing.input(load_video, [existing, mode, master, layout, sam2_model], load_outputs,
+                       api_visibility="private")
         rescan.click(lambda: gr.update(choices=list_media(roots)), None, existing, api_visibility="private")
 
-        def show_frame(path, info, index, mode_v, master_v, layout_v):
+        def show_frame(path, info, index, mode_v, master_v, layout_v, model):
             if not path:
                 return None, {}, [], None, None, ""
             try:
                 frame, view = load_view(state, path, int(index), mode_v, layout_v, master_v)
             except MattePodError as err:
                 raise gr.Error(str(err)) from None
+            state.prefetch(model, frame)
             return frame, view, [], None, frame, _prompt_text([], None)
 
         frame_outputs = [frame_state, view_state, points, mask_state, frame_img, prompt_md]
-        frame_inputs = [video_path, media, frame_slider, mode, master, layout]
+        frame_inputs = [video_path, media, frame_slider, mode, master, layout, sam2_model]
         frame_slider.release(show_frame, frame_inputs, frame_outputs, api_visibility="private")
         for ctl in (mode, master, layout):
             ctl.input(show_frame, frame_inputs, frame_outputs, api_visibility="private")
@@ -731,6 +749,7 @@ def main() -> None:
     cfg = settings()
     roots = jobs.Roots.from_env()
     state = AppState(roots, cfg["base_config"])
+    state.prefetch(state.base.prompt.sam2_model)  # the predictor is ready before the first video arrives
     demo = build_app(state)
     auth = auth_checker(cfg["username"], cfg["password"])
     if auth is None:

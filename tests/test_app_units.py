@@ -123,3 +123,21 @@ def test_volume_listing_and_uploads_stay_inside(tmp_path, monkeypatch):
     assert ga.adopt_upload(str(roots.input / "sub" / "a.mp4"), roots) == roots.input / "sub" / "a.mp4"
     with pytest.raises(InputNotFoundError):
         ga.adopt_upload("/etc/passwd", roots)
+
+
+def test_sam2_is_prefetched_and_the_click_reuses_the_embedding(state, clip):
+    from tests.weightgen import make_sam2_weights
+
+    assert state.prompter("tiny") is None  # no weights yet: the page falls back to masks and job-side clicks
+    make_sam2_weights(state.roots.weights, "tiny")
+    frame, _ = ga.load_view(state, str(clip), 4, "mono", "auto", "left")
+    state.prefetch("tiny", frame)
+    import time
+
+    deadline = time.monotonic() + 120
+    while (p := state.prompter("tiny")) is None or p.embed_count < 1:
+        assert time.monotonic() < deadline, "prefetch did not embed the frame"
+        time.sleep(0.1)
+    mask = state.sam_mask("tiny", frame, [[60, 50, 1]])
+    assert mask.shape == (96, 160) and mask.dtype == np.float32
+    assert state.prompter("tiny").embed_count == 1  # the click used the prefetched embedding
