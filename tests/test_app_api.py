@@ -24,7 +24,6 @@ def app(tmp_path_factory):
     write_mask(root / "clips" / "mask.png")
     make_long_clip(running.input / "long.mp4")
     make_clip(running.input / "clicks.mp4", frames=8)
-    make_sam2_weights(running.weights, "tiny")  # seeded random SAM 2.1 tiny: clicks through the real loader
     yield running
     running.stop()
 
@@ -84,8 +83,10 @@ def test_submit_upload_poll_and_download_the_alpha(app, client):
         assert frames[n][y, x] > 0.6 and frames[n][5, 150] < 0.1
 
 
+@pytest.mark.slow
 def test_clicks_without_a_mask_are_resolved_by_the_job(app, client):
     """Points go to the job as prompt.points; the CLI runs SAM 2 on them with the app's weights folder."""
+    make_sam2_weights(app.weights, "tiny")  # seeded random SAM 2.1 tiny, loaded through the real loader
     opts = json.dumps({"engine.name": "mask", "outputs.formats": ["alpha"], "prompt.sam2_model": "tiny",
                        "engine.device": "cpu", "engine.erode": 0, "engine.dilate": 0})
     info = client.predict(video=None, input_path=str(app.input / "clicks.mp4"),
