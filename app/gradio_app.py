@@ -734,11 +734,11 @@ def follow(state: AppState, job_id: str, progress: gr.Progress | None = None, po
             return info
         if progress is not None:
             if info.status == "queued":
-                progress(None, desc=info.summary())
+                progress(0.0, desc=info.summary())  # "queued (position N)"
             elif info.total:
                 progress((int(info.frame or 0), int(info.total)), desc=info.summary(), unit="frames")
             else:
-                progress(None, desc="starting")
+                progress(0.0, desc="starting the job")
         time.sleep(poll)
 
 
