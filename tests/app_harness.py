@@ -82,7 +82,17 @@ class RunningApp:
         self.proc = subprocess.Popen([sys.executable, str(REPO / "app" / "gradio_app.py")], cwd=str(root),
                                      env=full, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
-        self._wait_up()
+        try:
+            self._wait_up()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __enter__(self) -> "RunningApp":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     def _wait_up(self, timeout: float = 90) -> None:
         end = time.monotonic() + timeout
@@ -102,6 +112,16 @@ class RunningApp:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
+        """Stop the app and any job it left running (jobs have their own sessions and outlive the app)."""
+        import json
+
+        for job_file in self.output.glob("*/job.json"):
+            try:
+                pid = json.loads(job_file.read_text()).get("pid")
+                if pid and str(job_file.parent) in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
+                    os.killpg(pid, signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(10)

@@ -19,13 +19,12 @@ MASK_JOB = json.dumps({"engine.name": "mask", "outputs.formats": ["alpha"], "out
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     root = tmp_path_factory.mktemp("app")
-    running = RunningApp(root)
-    make_clip(root / "clips" / "clip.mp4")
-    write_mask(root / "clips" / "mask.png")
-    make_long_clip(running.input / "long.mp4")
-    make_clip(running.input / "clicks.mp4", frames=8)
-    yield running
-    running.stop()
+    with RunningApp(root) as running:  # stopped (its whole process group) even when setup fails below
+        make_clip(root / "clips" / "clip.mp4")
+        write_mask(root / "clips" / "mask.png")
+        make_long_clip(running.input / "long.mp4")
+        make_clip(running.input / "clicks.mp4", frames=8)
+        yield running
 
 
 @pytest.fixture(scope="module")

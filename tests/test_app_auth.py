@@ -22,10 +22,9 @@ def app(tmp_path_factory):
                                                    "error": {"type": "InvalidMediaError", "exit_code": 4,
                                                              "message": "old.mp4 is truncated"}}))
     (root / "output" / "result.txt").write_text("private")
-    running = RunningApp(root, {"GRADIO_USERNAME": "ana", "GRADIO_PASSWORD": "s3cret-pw",
-                                "GRADIO_MAX_FILE_SIZE": "20kb"})
-    yield running
-    running.stop()
+    with RunningApp(root, {"GRADIO_USERNAME": "ana", "GRADIO_PASSWORD": "s3cret-pw",
+                           "GRADIO_MAX_FILE_SIZE": "20kb"}) as running:
+        yield running
 
 
 def status_of(url: str) -> int:

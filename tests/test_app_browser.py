@@ -40,9 +40,8 @@ def app(tmp_path_factory):
     base.write_text("engine: {name: mask, erode: 0, dilate: 0, device: cpu}\n"
                     "outputs: {formats: [alpha, green], previews: 2}\nprompt: {sam2_model: tiny}\n")
     make_sam2_weights(root / "weights", "tiny")
-    running = RunningApp(root, {"MATTEPOD_CONFIG": str(base)})
-    yield running
-    running.stop()
+    with RunningApp(root, {"MATTEPOD_CONFIG": str(base)}) as running:
+        yield running
 
 
 def text_has(page, selector: str, needle: str, timeout: float = 30_000) -> None:
