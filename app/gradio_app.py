@@ -300,8 +300,20 @@ def parse_box(text: str | None) -> list[float] | None:
     return vals
 
 
+def _flatten(options: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, full + "."))
+        else:
+            out[full] = value
+    return out
+
+
 def build_config(state: AppState, input_path: Path, overrides: dict[str, Any]) -> configmod.Config:
     """The base config + the user's choices, validated; paths are never taken from the caller."""
+    overrides = _flatten(overrides)  # {"prompt": {"mask": ...}} is checked as "prompt.mask"
     for key in overrides:
         if key in FORBIDDEN_KEYS or any(key.startswith(k + ".") for k in FORBIDDEN_KEYS):
             raise gr.Error(f"option {key} cannot be set through the app (the server chooses paths)")

@@ -148,11 +148,14 @@ def test_input_paths_must_stay_in_the_volumes(app, client):
                            options=MASK_JOB, api_name="/submit_job")
 
 
-@pytest.mark.parametrize("key", ["output_dir", "weights_dir", "input", "prompt.mask", "outputs.background"])
-def test_path_options_are_refused(app, client, key):
+@pytest.mark.parametrize("options", [{"output_dir": "/tmp"}, {"weights_dir": "/tmp"}, {"input": "/etc/passwd"},
+                                     {"prompt.mask": "/etc/passwd"}, {"outputs.background": "/etc/passwd"},
+                                     {"prompt": {"mask_add": ["/etc/passwd"]}},
+                                     {"prompt": {"keyframes": [{"frame": 2, "mask": "/etc/passwd"}]}}])
+def test_path_options_are_refused(app, client, options):
     with pytest.raises(Exception, match="cannot be set through the app"):
         client.predict(video=None, input_path=str(app.input / "long.mp4"), points="[[1, 1, 1]]", box="",
-                       prompt_frame=0, mask=None, options=json.dumps({key: "/tmp"}), api_name="/submit_job")
+                       prompt_frame=0, mask=None, options=json.dumps(options), api_name="/submit_job")
 
 
 def test_bad_options_name_the_key(app, client):
