@@ -81,3 +81,11 @@ def test_settings_from_env(monkeypatch):
     monkeypatch.setenv("GRADIO_MAX_FILE_SIZE", "2gb")
     s = ga.settings()
     assert (s["root_path"], s["server_port"], s["max_file_size"]) == ("/matte", 9000, "2gb")
+
+
+def test_root_path_from_env(tmp_path):
+    """Behind a proxy that serves the app under a sub-path, Gradio builds its URLs with GRADIO_ROOT_PATH."""
+    with RunningApp(tmp_path, {"GRADIO_ROOT_PATH": "/matte"}) as running:
+        with urllib.request.urlopen(running.url + "config", timeout=10) as resp:
+            config = json.loads(resp.read())
+    assert config["root"].endswith("/matte")
