@@ -397,14 +397,16 @@ class JobManager:
         run = self.run_path(job_id)
         with self._lock:
             live = self._live.get(run.name)
-            if live is None or live.finished.is_set():
-                info = read_job(run)
-                if info.status in (QUEUED, RUNNING):  # left by an earlier app process
-                    pid = _read_json(run / JOB_FILE).get("pid")
-                    if info.status == RUNNING and _pid_alive_for(pid, run):
-                        _kill_group(pid, self.kill_grace)
-                    _update_job_file(run, status=CANCELLED, finished=time.time())
-                return read_job(run)
+            orphan = live is None or live.finished.is_set()
+        if orphan:
+            info = read_job(run)
+            if info.status in (QUEUED, RUNNING):  # left by an earlier app process
+                pid = _read_json(run / JOB_FILE).get("pid")
+                if info.status == RUNNING and _pid_alive_for(pid, run):
+                    _kill_group(pid, self.kill_grace)
+                _update_job_file(run, status=CANCELLED, finished=time.time())
+            return read_job(run)
+        with self._lock:
             live.cancel = True
             if run.name in self._queue:
                 self._queue.remove(run.name)

@@ -155,3 +155,20 @@ def test_inside_refuses_traversal_and_symlinks(tmp_path):
     for bad in [root / ".." / "secret", "/etc/passwd", root / "escape" / "passwd", ""]:
         with pytest.raises(InputNotFoundError, match="outside the allowed folders|no file path"):
             jobs.inside(bad, [root])
+
+
+def test_a_restarted_app_can_cancel_a_job_it_did_not_start(tmp_path):
+    out = tmp_path / "out"
+    first = jobs.JobManager(out, command=fake_command)
+    run = make_run(out, frames=400, ms=50)
+    job_id = first.submit(run)
+    assert wait_for(lambda: (run / "child.pid").exists())
+    first.close()
+    second = jobs.JobManager(out, command=fake_command, kill_grace=3)
+    try:
+        pid = json.loads((run / "job.json").read_text())["pid"]
+        child = int((run / "child.pid").read_text())
+        assert second.cancel(job_id).status == "cancelled"
+        assert wait_for(lambda: not alive(pid) and not alive(child), 5)
+    finally:
+        second.close(cancel_running=True)
