@@ -1,4 +1,4 @@
-""".env.example lists every variable the image's own code reads, and notes/docker.md documents each one."""
+""".env.example lists every variable the image's own code reads, and CONFIG.md documents each one."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from mattepod.download import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 READERS = ["docker/entrypoint.sh", "docker/runtime_setup.sh", "docker/healthcheck.py", "mattepod/download.py",
-           "mattepod/weights.py", "mattepod/media/encoders.py", "Dockerfile"]
+           "mattepod/weights.py", "mattepod/media/encoders.py", "Dockerfile", "app/gradio_app.py", "mattepod/jobs.py",
+           "mattepod/media/tools.py", "mattepod/cli.py", "mattepod/config.py"]
 NOT_SETTINGS = {"BASH_SOURCE", "LINENO", "VIRTUAL_ENV", "PATH", "PIP_NO_CACHE_DIR", "PIP_DISABLE_PIP_VERSION_CHECK",
                 "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "SAM2_BUILD_CUDA", "VERSION", "VCS_REF",
-                "CUDA_VISIBLE_DEVICES", "HUGGING_FACE_HUB_TOKEN", "MANIFEST_ENV", "GITHUB_OUTPUT"}
+                "CUDA_VISIBLE_DEVICES", "PYTHONPATH", "HUGGING_FACE_HUB_TOKEN", "MANIFEST_ENV", "GITHUB_OUTPUT"}
 
 
 def example_names() -> set[str]:
@@ -37,13 +38,13 @@ def read_names() -> set[str]:
 
 def test_every_variable_read_is_in_env_example():
     missing = read_names() - example_names()
-    assert not missing, f"add to .env.example (and notes/docker.md): {sorted(missing)}"
+    assert not missing, f"add to .env.example (and CONFIG.md): {sorted(missing)}"
 
 
 def test_every_example_variable_is_documented():
-    doc = (ROOT / "notes" / "docker.md").read_text()
+    doc = (ROOT / "CONFIG.md").read_text()
     undocumented = sorted(n for n in example_names() if f"`{n}`" not in doc)
-    assert not undocumented, f"document in notes/docker.md: {undocumented}"
+    assert not undocumented, f"document in CONFIG.md: {undocumented}"
 
 
 def test_env_example_holds_no_secret():
