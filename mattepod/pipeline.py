@@ -169,6 +169,8 @@ class RunOptions:
     progress_bar: bool = True
     listener: Callable[[dict[str, Any]], None] | None = None
     engine_factory: Callable[[Config], Engine] | None = None
+    # SAM 2 / the detector are freed before matting (GPU memory for 8K); a long-lived worker keeps them.
+    keep_prompt_models: bool = False
 
 
 @dataclass
@@ -388,7 +390,8 @@ def _execute(cfg: Config, info: MediaInfo, first: int, count: int, folder: RunFo
     else:
         engine = ScaledEngine(factory(cfg), cfg.scale)
     prompt_mask = _prompt(cfg, info, first, main_spec, run_dir, "prompt")
-    _free_prompt_models()
+    if not opts.keep_prompt_models and not keyframes:
+        _free_prompt_models()
 
     spill = run_dir / "spill"
     if k > 0 and not manifest.backward_done:

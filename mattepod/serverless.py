@@ -486,6 +486,7 @@ def _run_pipeline(cfg: cfgmod.Config, run_dir: Path, relay: ProgressRelay) -> di
     resume = run_dir if meta else None
     with ENGINES.lease() as factory:
         opts = pipeline.RunOptions(run_dir=None if resume else run_dir, resume=resume, progress_bar=False,
+                                   keep_prompt_models=True,
                                    listener=relay, engine_factory=factory)
         pipeline.run(cfg, opts)
     return read_json(run_dir / METADATA) or {}
