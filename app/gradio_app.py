@@ -4,7 +4,7 @@ The page is thin: frames come from ``mattepod.media`` (one ``-ss`` seek per fram
 from ``mattepod.prompts`` (a SAM 2 image predictor kept loaded in this process), and every run is a separate
 job process from ``mattepod.jobs`` -- so a crashed job never takes the app down, Cancel kills it for real, and
 jobs outlive the browser tab and the app. The same functions are named API endpoints for ``gradio_client``
-(notes/gradio.md).
+(README.md, CONFIG.md).
 
     python app/gradio_app.py        # env: GRADIO_SERVER_NAME/PORT, GRADIO_USERNAME/PASSWORD or APP_PASSWORD,
                                     # INPUT_DIR, OUTPUT_DIR, MODEL_CACHE_DIR, GRADIO_ROOT_PATH, GRADIO_MAX_FILE_SIZE
@@ -48,7 +48,7 @@ FORBIDDEN_KEYS = {"input", "output_dir", "weights_dir", "prompt.mask", "prompt.m
 # ---------------------------------------------------------------- settings ------------------------------------
 
 def settings() -> dict[str, Any]:
-    """Everything the app reads from the environment, in one place (documented in notes/gradio.md)."""
+    """Everything the app reads from the environment, in one place (documented in CONFIG.md)."""
     return {
         "server_name": os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
         "server_port": int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
@@ -651,7 +651,7 @@ def build_app(state: AppState) -> gr.Blocks:
         show_btn.click(show_job, pick, job_view, api_visibility="private")
         job_cancel.click(lambda jid: cancel(jid) if jid else "Pick a job.", pick, job_md, api_visibility="private")
 
-        # ---- API for gradio_client (hidden components; documented in notes/gradio.md) ------------------------
+        # ---- API for gradio_client (hidden components; documented in CONFIG.md) ------------------------
 
         with gr.Row(visible=False):
             api_video = gr.File(label="video", type="filepath")

@@ -1,6 +1,6 @@
 """Person detector for the automatic prompt: torchvision's Faster R-CNN ResNet-50 FPN (COCO), BSD-3-Clause.
 
-Why this one (notes/prompts.md has the longer story): the architecture ships with torchvision, which SAM 2
+Why this one (ARCHITECTURE.md has the longer story): the architecture ships with torchvision, which SAM 2
 already needs, so there is no new dependency; the COCO weights are BSD-3-Clause (torchvision's licence), a
 byte-identical copy lives on the Hugging Face hub (so setup fetches it like every other model, pinned by
 sha256); it runs on CPU in a few seconds, and it is only run on prompt frames. Its boxes are handed to SAM 2,

@@ -4,7 +4,7 @@
     python -m mattepod.serverless --test_input '{"input": {...}}'   # local: one job, then exit
     python -m mattepod.serverless --rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port 8000
 
-Job input (``job["input"]``; every key is checked, unknown keys are errors; see notes/batch.md)::
+Job input (``job["input"]``; every key is checked, unknown keys are errors; see BUILD.md)::
 
     {"action": "run" | "plan" | "join",          # default run; "split" on a run means plan
      "video": "/runpod-volume/in/clip.mp4" | "in/clip.mp4" (relative to the volume) | "https://...",
@@ -175,7 +175,7 @@ def parse_input(raw: Any) -> JobIn:
         for e in err.errors():
             key = ".".join(str(p) for p in e["loc"]) or "(input)"
             parts.append(f"{key}: {'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}")
-        raise ConfigError("job input: " + "; ".join(parts), "see the job input schema in notes/batch.md") from None
+        raise ConfigError("job input: " + "; ".join(parts), "see the job input schema in BUILD.md") from None
     if job.action in ("run", "plan") and not job.video:
         raise ConfigError("job input: no video", 'give "video": a path on the volume or an http(s) URL')
     if job.action == "join" and not job.join:

@@ -1,7 +1,7 @@
 """Long videos over many workers: plan time ranges, give each its own prompt, join the pieces by stream copy.
 
 Why: one serverless worker matting a two-hour video for hours is fragile and slow; N workers each matting
-1/N of it finish ~N times sooner. The price is paid at the seams (see notes/batch.md): every range starts
+1/N of it finish ~N times sooner. The price is paid at the seams (see BUILD.md): every range starts
 with a fresh matting memory, so the matte can change character at a range's first frame.
 
 * ``plan_ranges``: frame ranges from ``ranges: N`` or ``segment_seconds: S``.
