@@ -91,6 +91,15 @@ def loaded_net(path: str):
     return load_network(path, "cpu")
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny inputs: one intra-op thread costs the least CPU time (and avoids spinning on a busy CI box)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def read_rgb(path: Path) -> np.ndarray:
     from PIL import Image
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from matanyone_common import REF, generated_weights, loaded_net, need_reference, write_weights
+from matanyone_common import one_thread  # noqa: F401 (fixture)
 from mattepod.errors import WeightsError
 from mattepod.matanyone.core import InferenceCore
 from mattepod.matanyone.loader import load_network
@@ -52,7 +53,7 @@ def test_construction_downloads_nothing(monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["hf", "pth"])
-def test_module_refs(weights_root, kind):
+def test_module_refs(weights_root, kind, one_thread):
     """Steps A (mask), B (first-frame prediction), C (normal step with top-k readout) reproduce the
     official per-module tensors within 1e-4 * max(1, max|ref|), loading through the real loader."""
     path = weights_root / ("matanyone" if kind == "hf" else "pth/matanyone.pth")
