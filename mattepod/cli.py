@@ -1,0 +1,172 @@
+"""Command line: argv -> a validated Config -> pipeline.run. Prints one-line errors and exits with their code.
+
+    python -m mattepod --generate-config my.yaml
+    python -m mattepod run my.yaml --input clip.mp4 --mask mask.png --output-dir output/
+    python -m mattepod run my.yaml --dry-run
+    python -m mattepod run --resume output/clip_20260101-120000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from mattepod import config as config_mod
+from mattepod.errors import ConfigError, MattePodError
+
+log = logging.getLogger("mattepod")
+
+
+def _points(text: str) -> list[dict[str, Any]]:
+    """"x,y,label;x,y,label" (label 1 positive, 0 negative; omitted = 1)."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        vals = part.split(",")
+        if len(vals) not in (2, 3):
+            raise ConfigError(f"--points item {part!r} is not x,y or x,y,label", 'write --points "640,360,1;100,80,0"')
+        try:
+            x, y = float(vals[0]), float(vals[1])
+            label = int(vals[2]) if len(vals) == 3 else 1
+        except ValueError:
+            raise ConfigError(f"--points item {part!r} has a value that is not a number", "use numbers") from None
+        out.append({"x": x, "y": y, "label": label})
+    return out
+
+
+def _box(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        vals = []
+    if len(vals) != 4:
+        raise ConfigError(f"--box {text!r} is not x0,y0,x1,y1", "write --box 100,50,400,700")
+    return vals
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mattepod", description="MattePod video matting (SAM 2 + MatAnyone)")
+    p.add_argument("--generate-config", metavar="FILE", help="write the fully commented default config and exit")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command")
+    r = sub.add_parser("run", help="matte a video (or resume a run)")
+    r.add_argument("config", nargs="?", help="generate.yaml (default: configs/generate.yaml defaults)")
+    r.add_argument("--input", "-i", help="video file or folder of images")
+    r.add_argument("--mask", "-m", help="mask PNG of the subject on the prompt frame")
+    r.add_argument("--points", help='SAM 2 clicks "x,y,label;..." (label 1 = subject, 0 = not)')
+    r.add_argument("--box", help="SAM 2 box x0,y0,x1,y1")
+    r.add_argument("--normalized", action="store_true", help="points/box in 0..1 of the frame size")
+    r.add_argument("--prompt-frame", type=int, help="frame the prompt is given on (relative to --start-frame)")
+    r.add_argument("--auto-person", action="store_true", help="find the person automatically")
+    r.add_argument("--outputs", help="comma-separated formats, e.g. alpha,green,prores")
+    r.add_argument("--output-dir", "-o", help="where run folders are created")
+    r.add_argument("--run-dir", help="use exactly this run folder (must not hold a run)")
+    r.add_argument("--weights-dir", help="model weights folder (default: env MODEL_CACHE_DIR, else ./weights)")
+    r.add_argument("--engine", choices=["matanyone", "mask"], help="engine.name")
+    r.add_argument("--device", help="engine.device: auto, cpu, cuda, cuda:N")
+    r.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="engine.precision")
+    r.add_argument("--start-frame", type=int)
+    r.add_argument("--max-frames", type=int)
+    r.add_argument("--scale", type=float, help="matting resolution relative to the input (0 < s <= 1)")
+    r.add_argument("--mode", choices=["mono", "vr180"], help="stereo.mode")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run folder")
+    r.add_argument("--dry-run", action="store_true", help="validate, probe the input, print the plan; write nothing")
+    r.add_argument("--progress-json", action="store_true", help="one JSON progress line per update on stdout")
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    return p
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    o: dict[str, Any] = {}
+    simple = {"input": "input", "mask": "prompt.mask", "output_dir": "output_dir", "weights_dir": "weights_dir",
+              "engine": "engine.name", "device": "engine.device", "precision": "engine.precision",
+              "start_frame": "start_frame", "max_frames": "max_frames", "scale": "scale", "mode": "stereo.mode",
+              "prompt_frame": "prompt.frame"}
+    for attr, key in simple.items():
+        val = getattr(args, attr)
+        if val is not None:
+            o[key] = val
+    if args.points:
+        o["prompt.points"] = _points(args.points)
+    if args.box:
+        o["prompt.box"] = _box(args.box)
+    if args.normalized:
+        o["prompt.normalized"] = True
+    if args.auto_person:
+        o["prompt.auto_person"] = True
+    if args.outputs:
+        o["outputs.formats"] = [f.strip() for f in args.outputs.split(",") if f.strip()]
+    for item in args.set:
+        key, value = config_mod.parse_set(item)
+        o[key] = value
+    return o
+
+
+def _default_config_path() -> Path | None:
+    here = Path(__file__).resolve().parent.parent / "configs" / "generate.yaml"
+    return here if here.is_file() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        if args.version:
+            from mattepod import __version__
+
+            print(__version__)
+            return 0
+        if args.generate_config:
+            path = Path(args.generate_config)
+            if path.exists():
+                raise ConfigError(f"{path} exists", "choose a new file name (configs are never overwritten)")
+            path.write_text(config_mod.render_yaml())
+            print(f"wrote {path}")
+            return 0
+        if args.command != "run":
+            parser.print_help()
+            return 2
+        return _run(args)
+    except MattePodError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+def _run(args: argparse.Namespace) -> int:
+    from mattepod import pipeline
+
+    if args.resume:
+        extra = [a for a in ("config", "input", "mask", "points", "box") if getattr(args, a)]
+        if extra:
+            raise ConfigError(f"--resume takes the run's own config; drop {', '.join('--' + e for e in extra)}",
+                              "resume with: run --resume RUN_DIR")
+        res = pipeline.run(config_mod.Config(), pipeline.RunOptions(
+            resume=args.resume, progress_json=args.progress_json, progress_bar=not args.quiet))
+        _report(res, args)
+        return 0
+    import os
+
+    overrides = overrides_from_args(args)
+    cfg_path = args.config or _default_config_path()
+    cfg = config_mod.load(cfg_path, overrides)
+    if cfg.output_dir == "output" and "output_dir" not in overrides and os.environ.get("OUTPUT_DIR"):
+        cfg.output_dir = os.environ["OUTPUT_DIR"]  # the container's volume, unless the config names one
+    if args.dry_run:
+        print(json.dumps({"plan": pipeline.plan(cfg), "config": cfg.model_dump(mode="json")}, indent=2))
+        return 0
+    res = pipeline.run(cfg, pipeline.RunOptions(run_dir=args.run_dir, progress_json=args.progress_json,
+                                                progress_bar=not args.quiet))
+    _report(res, args)
+    return 0
+
+
+def _report(res: Any, args: argparse.Namespace) -> None:
+    if not args.progress_json:
+        print(f"completed: {res.run_dir}")
+        for fmt, name in res.outputs.items():
+            print(f"  {fmt}: {res.run_dir / name}")

@@ -1,0 +1,1 @@
+"""ffmpeg and frames (numpy): probing, decoding, encoding. Knows nothing of models."""

@@ -1,0 +1,236 @@
+"""Every output format as one row of a table: what frame to render, which ffmpeg settings, which file.
+
+One writer abstraction serves all video formats (``FFmpegWriter`` per segment, joined at the end); the two
+image-sequence formats write PNG files straight into a ``.partial`` folder that is renamed when the run
+completes. ``OutputSet`` is what the pipeline drives: open a segment, write (frame, alpha), close it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from mattepod.config import OutputsConfig
+from mattepod.errors import ConfigError, DiskFullError
+from mattepod.media.probe import MediaInfo, probe
+from mattepod.media.reader import read_frames
+from mattepod.media.writer import FFmpegWriter, join_segments
+
+EVEN_PAD = ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
+
+
+def hex_rgb(color: str) -> np.ndarray:
+    return np.array([int(color[i:i + 2], 16) for i in (1, 3, 5)], np.float32)
+
+
+def over(frame: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """frame*alpha + background*(1-alpha) as uint8 (background: a colour (3,) or an image like frame)."""
+    a = alpha[..., None]
+    out = frame.astype(np.float32) * a + background * (1.0 - a)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def alpha16(alpha: np.ndarray) -> np.ndarray:
+    return np.round(alpha * 65535.0).astype(np.uint16)
+
+
+def rgba8(frame: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    a = np.round(alpha * 255.0).astype(np.uint8)
+    return np.concatenate([frame, a[..., None]], axis=2)
+
+
+def rgba16(frame: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    rgb = frame.astype(np.uint16) * 257
+    return np.concatenate([rgb, alpha16(alpha)[..., None]], axis=2)
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    suffix: str  # file-name suffix after the stem: "_alpha.mp4", "_rgba_png" (a folder)
+    pix_fmt: str  # rawvideo pixel format fed to ffmpeg; for image formats the PNG sample layout
+    render: Callable[[np.ndarray, np.ndarray, "RenderContext"], np.ndarray]
+    args: Callable[["RenderContext"], list[str]] | None  # None = PNG sequence
+
+    @property
+    def is_sequence(self) -> bool:
+        return self.args is None
+
+
+@dataclass
+class RenderContext:
+    cfg: OutputsConfig
+    video_encoders: dict[str, str]  # "h264"/"hevc" -> encoder name chosen by the probe
+    background: Callable[[int], np.ndarray] | None = None
+
+    def x264(self) -> list[str]:
+        enc = self.video_encoders["h264"]
+        q = ["-cq", str(self.cfg.crf), "-preset", "p5"] if "nvenc" in enc else ["-crf", str(self.cfg.crf), "-preset", "fast"]
+        return [*EVEN_PAD, "-c:v", enc, *q, "-pix_fmt", "yuv420p"]
+
+    def x265_10(self) -> list[str]:
+        enc = self.video_encoders["hevc"]
+        if "nvenc" in enc:
+            return [*EVEN_PAD, "-c:v", enc, "-cq", str(self.cfg.crf), "-preset", "p5", "-pix_fmt", "p010le", "-tag:v", "hvc1"]
+        return [*EVEN_PAD, "-c:v", enc, "-crf", str(self.cfg.crf), "-preset", "fast", "-pix_fmt", "yuv420p10le",
+                "-x265-params", "log-level=error", "-tag:v", "hvc1"]
+
+
+def _alpha_args(ctx: RenderContext) -> list[str]:
+    if ctx.cfg.alpha_codec == "ffv1":
+        return ["-c:v", "ffv1", "-level", "3", "-pix_fmt", "gray16le"]
+    return ctx.x265_10()
+
+
+FORMATS: dict[str, Format] = {f.name: f for f in [
+    Format("alpha", "_alpha.mp4", "gray16le", lambda fr, a, c: alpha16(a), _alpha_args),
+    Format("green", "_green.mp4", "rgb24", lambda fr, a, c: over(fr, a, hex_rgb(c.cfg.color)), RenderContext.x264),
+    Format("composite", "_composite.mp4", "rgb24",
+           lambda fr, a, c: over(fr, a, c.background(0) if c.background else 0), RenderContext.x264),
+    Format("prores", "_rgba.mov", "rgba64le", lambda fr, a, c: rgba16(fr, a),
+           lambda c: ["-c:v", "prores_ks", "-profile:v", "4444", "-pix_fmt", "yuva444p10le", "-alpha_bits", "16",
+                      "-vendor", "apl0"]),
+    Format("webm", "_rgba.webm", "rgba", lambda fr, a, c: rgba8(fr, a),
+           lambda c: [*EVEN_PAD, "-c:v", "libvpx-vp9", "-pix_fmt", "yuva420p", "-crf", str(min(63, c.cfg.crf + 12)),
+                      "-b:v", "0", "-row-mt", "1", "-deadline", "good", "-cpu-used", "4", "-auto-alt-ref", "0"]),
+    Format("png", "_rgba_png", "rgba", lambda fr, a, c: cv2.cvtColor(rgba8(fr, a), cv2.COLOR_RGBA2BGRA), None),
+    Format("alpha16", "_alpha16_png", "gray16", lambda fr, a, c: alpha16(a), None),
+]}
+
+
+def output_name(stem: str, fmt: Format, cfg: OutputsConfig) -> str:
+    suffix = fmt.suffix
+    if fmt.name == "alpha" and cfg.alpha_codec == "ffv1":
+        suffix = "_alpha.mkv"
+    return stem + suffix
+
+
+class BackgroundSource:
+    """Composite background: an image (resized once) or a video streamed frame by frame, looped if short."""
+
+    def __init__(self, path: str, width: int, height: int):
+        self.path, self.size = path, (width, height)
+        self._image: np.ndarray | None = None
+        self._info: MediaInfo | None = None
+        self._iter: Iterator[np.ndarray] | None = None
+        img = cv2.imread(path, cv2.IMREAD_COLOR) if Path(path).suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".webp"} else None
+        if img is not None:
+            self._image = cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), self.size, interpolation=cv2.INTER_AREA).astype(np.float32)
+        else:
+            self._info = probe(path)
+
+    def seek(self, index: int) -> None:
+        if self._info is not None:
+            self._iter = read_frames(self._info, index % self._info.frame_count)
+
+    def next(self) -> np.ndarray:
+        if self._image is not None:
+            return self._image
+        assert self._info is not None
+        if self._iter is None:
+            self.seek(0)
+        assert self._iter is not None
+        try:
+            frame = next(self._iter)
+        except StopIteration:
+            self.seek(0)
+            frame = next(self._iter)
+        if (frame.shape[1], frame.shape[0]) != self.size:
+            frame = cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA)
+        return frame.astype(np.float32)
+
+
+@dataclass
+class OutputSet:
+    """All outputs of one run: segment files for videos, .partial folders for PNG sequences."""
+
+    run_dir: Path
+    stem: str
+    width: int
+    height: int
+    fps: Fraction
+    cfg: OutputsConfig
+    video_encoders: dict[str, str]
+    formats: list[Format] = field(init=False)
+    _writers: dict[str, FFmpegWriter] = field(default_factory=dict, init=False)
+    _bg: BackgroundSource | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.cfg.formats if f not in FORMATS]
+        if unknown:
+            raise ConfigError(f"outputs.formats {unknown} are not available in this mode", f"choose from {list(FORMATS)}")
+        self.formats = [FORMATS[f] for f in dict.fromkeys(self.cfg.formats)]
+        if "composite" in self.cfg.formats:
+            self._bg = BackgroundSource(str(self.cfg.background), self.width, self.height)
+        self.ctx = RenderContext(self.cfg, self.video_encoders,
+                                 background=(lambda _i: self._bg.next()) if self._bg else None)
+
+    def segment_path(self, fmt: Format, index: int) -> Path:
+        ext = Path(output_name(self.stem, fmt, self.cfg)).suffix
+        return self.run_dir / "segments" / fmt.name / f"{index:06d}{ext}"
+
+    def sequence_dir(self, fmt: Format) -> Path:
+        return self.run_dir / (output_name(self.stem, fmt, self.cfg) + ".partial")
+
+    def open_segment(self, index: int, first_frame: int) -> None:
+        if self._bg is not None:
+            self._bg.seek(first_frame)
+        for fmt in self.formats:
+            if fmt.is_sequence:
+                self.sequence_dir(fmt).mkdir(parents=True, exist_ok=True)
+            else:
+                self._writers[fmt.name] = FFmpegWriter(self.segment_path(fmt, index), self.width, self.height,
+                                                       self.fps, fmt.pix_fmt, fmt.args(self.ctx))
+
+    def write(self, index: int, frame: np.ndarray, alpha: np.ndarray) -> None:
+        for fmt in self.formats:
+            data = fmt.render(frame, alpha, self.ctx)
+            if fmt.is_sequence:
+                path = self.sequence_dir(fmt) / f"{index:06d}.png"
+                if not cv2.imwrite(str(path), data):
+                    free = shutil.disk_usage(path.parent).free
+                    if free < data.nbytes * 2:
+                        raise DiskFullError(f"disk full while writing {path.name}", "free space, then --resume the run")
+                    raise OSError(f"could not write {path}")
+            else:
+                self._writers[fmt.name].write(data)
+
+    def close_segment(self) -> None:
+        writers, self._writers = self._writers, {}
+        try:
+            for w in writers.values():
+                w.close()
+        except BaseException:
+            for w in writers.values():
+                w.abort()
+            raise
+
+    def abort(self) -> None:
+        for w in self._writers.values():
+            w.abort()
+        self._writers = {}
+
+    def finalize(self, segments: int, info: MediaInfo, start_frame: int, frames: int) -> dict[str, str]:
+        """Join segments / publish sequences; returns {format: file name in the run folder}."""
+        done: dict[str, str] = {}
+        start_s = start_frame / float(info.fps)
+        duration = frames / float(self.fps)
+        for fmt in self.formats:
+            name = output_name(self.stem, fmt, self.cfg)
+            final = self.run_dir / name
+            if fmt.is_sequence:
+                os.replace(self.sequence_dir(fmt), final)
+            else:
+                segs = [self.segment_path(fmt, i) for i in range(segments)]
+                audio = info.path if (self.cfg.copy_audio and info.audio and info.kind == "video") else None
+                join_segments(segs, final, audio, [a["codec"] for a in info.audio], start_s, duration)
+            done[fmt.name] = name
+        shutil.rmtree(self.run_dir / "segments", ignore_errors=True)
+        return done
