@@ -78,11 +78,11 @@ class _Bottleneck(nn.Module):
                                             nn.BatchNorm2d(planes * 4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn1(self.conv1(x)).relu_()
+        out = self.bn2(self.conv2(out)).relu_()
         out = self.bn3(self.conv3(out))
-        skip = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + skip)
+        out += x if self.downsample is None else self.downsample(x)
+        return out.relu_()
 
 
 class _BasicBlock(nn.Module):
@@ -98,10 +98,10 @@ class _BasicBlock(nn.Module):
                                             nn.BatchNorm2d(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn1(self.conv1(x)).relu_()
         out = self.bn2(self.conv2(out))
-        skip = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + skip)
+        out += x if self.downsample is None else self.downsample(x)
+        return out.relu_()
 
 
 def _layer(block, cin: int, planes: int, count: int, stride: int) -> tuple[nn.Sequential, int]:
@@ -123,7 +123,7 @@ class PixelEncoder(nn.Module):
         self.layer3, c = _layer(_Bottleneck, c, 256, 6, 2)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        f2 = F.relu(self.bn1(self.conv1(x)))
+        f2 = self.bn1(self.conv1(x)).relu_()
         f4 = self.res2(F.max_pool2d(f2, 3, 2, 1))
         f8 = self.layer2(f4)
         f16 = self.layer3(f8)
@@ -160,7 +160,7 @@ class CAResBlock(nn.Module):
         self.conv = nn.Conv1d(1, 1, kernel_size=k, padding=(k - 1) // 2, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv2(F.relu(self.conv1(F.relu(x))))
+        y = self.conv2(self.conv1(F.relu(x)).relu_())
         b, c = y.shape[:2]
         w = F.adaptive_avg_pool2d(y, 1).view(b, 1, c)
         w = self.conv(w).transpose(-1, -2).unsqueeze(-1).sigmoid()
@@ -174,10 +174,16 @@ class GroupResBlock(nn.Module):
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
 
-    def forward(self, g: torch.Tensor) -> torch.Tensor:
-        out = _group(lambda t: self.conv2(F.relu(self.conv1(F.relu(t)))), g)
-        skip = g if self.downsample is None else _group(self.downsample, g)
-        return out + skip
+    def forward(self, g: torch.Tensor, consume: bool = False) -> torch.Tensor:
+        """``consume``: g is a temporary of the caller and may be overwritten (saves a copy)."""
+        if self.downsample is None:
+            skip, act = g, F.relu(g)
+        else:
+            skip = _group(self.downsample, g)
+            act = g.relu_() if consume else F.relu(g)
+        out = _group(lambda t: self.conv2(self.conv1(t).relu_()), act)
+        out += skip
+        return out
 
 
 class _Distributor(nn.Module):
@@ -297,7 +303,7 @@ class _Upsample(nn.Module):
 
     def forward(self, g: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         g = _resize_groups(g, 2, "bilinear")
-        return self.out_conv(skip.unsqueeze(1).expand(-1, g.shape[1], -1, -1, -1) + g)
+        return self.out_conv(skip.unsqueeze(1).expand(-1, g.shape[1], -1, -1, -1) + g, consume=True)
 
 
 class _FeatProc(nn.Module):
