@@ -303,7 +303,9 @@ class _Upsample(nn.Module):
 
     def forward(self, g: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         g = _resize_groups(g, 2, "bilinear")
-        return self.out_conv(skip.unsqueeze(1).expand(-1, g.shape[1], -1, -1, -1) + g, consume=True)
+        g += skip.unsqueeze(1)  # (the official adds skip + g: same sum, no extra full-size tensor)
+        del skip
+        return self.out_conv(g, consume=True)
 
 
 class _FeatProc(nn.Module):
@@ -330,12 +332,13 @@ class MaskDecoder(nn.Module):
     def forward(self, ms_feat: tuple[torch.Tensor, ...], readout: torch.Tensor, sensory: torch.Tensor,
                 update_sensory: bool) -> tuple[torch.Tensor, torch.Tensor]:
         b, k = readout.shape[:2]
-        f8, f4, f2, f1 = (t(x) for t, x in zip(self.decoder_feat_proc.transforms, ms_feat[1:]))
+        proj = self.decoder_feat_proc.transforms
+        # each skip projection is made just before its stage: at 4K the stride-1 one alone is 2 GiB
         p16 = readout
-        p8 = self.up_16_8(p16, f8)
-        p4 = self.up_8_4(p8, f4)
-        p2 = self.up_4_2(p4, f2)
-        p1 = self.up_2_1(p2, f1)
+        p8 = self.up_16_8(p16, proj[0](ms_feat[1]))
+        p4 = self.up_8_4(p8, proj[1](ms_feat[2]))
+        p2 = self.up_4_2(p4, proj[2](ms_feat[3]))
+        p1 = self.up_2_1(p2, proj[3](ms_feat[4]))
         with fp32_island(p1):
             logits = self.pred_mat(F.relu(p1.flatten(0, 1).float()))
         if update_sensory:
