@@ -61,6 +61,19 @@ def test_fp32_matches_golden(net, name, one_thread):
     assert werr.max() <= 1e-4, (name, werr.max())
 
 
+def test_banded_stride1_decoder_matches(net, one_thread):
+    """The stride-1 decoder stage in 16-row bands (how 4K frames run) gives the golden too."""
+    dec = net.mask_decoder
+    old = dec.band_bytes
+    dec.band_bytes = 1  # -> bands of 16 rows: 8 bands with halos for the 128-row resize case
+    try:
+        alpha, _, g = run_case(net, "resize")
+    finally:
+        dec.band_bytes = old
+    err = np.abs(alpha - g["alpha"])
+    assert err.max() <= 1e-4 and err.mean() <= 1e-5, (err.max(), err.mean())
+
+
 def test_bf16_within_loose_bounds(net, one_thread):
     alpha, _, g = run_case(net, "bf16_cpu", autocast_dtype=torch.bfloat16)
     fp32 = np.load(case_dir("tiny") / "golden.npz")["alpha"]

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,6 +54,14 @@ def test_construction_downloads_nothing(monkeypatch):
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_net)
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_net)
     MatAnyoneNet()
+
+
+def test_engine_modules_do_not_import_torchvision():
+    code = ("import sys, mattepod.matting, mattepod.matanyone.core; "
+            "sys.exit(1 if 'torchvision' in sys.modules else 0)")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=120).returncode == 0
 
 
 @pytest.mark.parametrize("kind", ["hf", "pth"])

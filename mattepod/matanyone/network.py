@@ -243,12 +243,15 @@ class SensoryUpdaterFullscale(nn.Module):
         self.g1_conv = nn.Conv2d(17, SENSORY_DIM, 1)
         self.transform = nn.Conv2d(SENSORY_DIM * 2, SENSORY_DIM * 3, 3, padding=1)
 
-    def forward(self, feats: list[torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+    def forward(self, feats: list[torch.Tensor], h: torch.Tensor, p1_pooled: bool = False) -> torch.Tensor:
+        """feats = [p16, p8, p4, p2, p1 (17 ch: features + alpha logit)]; ``p1_pooled``: p1 is already
+        area-pooled to stride 16 (the banded decoder pools band by band)."""
         p16, p8, p4, p2, p1 = feats
+        p1 = p1 if p1_pooled else _resize_groups(p1, 1 / 16, "area")
         g = (_group(self.g16_conv, p16) + _group(self.g8_conv, _resize_groups(p8, 1 / 2, "area"))
              + _group(self.g4_conv, _resize_groups(p4, 1 / 4, "area"))
              + _group(self.g2_conv, _resize_groups(p2, 1 / 8, "area"))
-             + _group(self.g1_conv, _resize_groups(p1, 1 / 16, "area")))
+             + _group(self.g1_conv, p1))
         with fp32_island(g):
             g, h = g.float(), h.float()
             return _gru(h, _group(self.transform, torch.cat([g, h], 2)))
@@ -338,13 +341,52 @@ class MaskDecoder(nn.Module):
         p8 = self.up_16_8(p16, proj[0](ms_feat[1]))
         p4 = self.up_8_4(p8, proj[1](ms_feat[2]))
         p2 = self.up_4_2(p4, proj[2](ms_feat[3]))
-        p1 = self.up_2_1(p2, proj[3](ms_feat[4]))
-        with fp32_island(p1):
-            logits = self.pred_mat(F.relu(p1.flatten(0, 1).float()))
-        if update_sensory:
-            p1 = torch.cat([p1, logits.view(b, k, 1, *logits.shape[-2:])], 2)
-            sensory = self.sensory_update([p16, p8, p4, p2, p1], sensory)
+        full_h, full_w = ms_feat[4].shape[-2:]
+        rows = max(16, self.band_bytes // (64 * 4 * full_w * b * k) // 16 * 16)
+        if full_h <= rows:
+            p1 = self.up_2_1(p2, proj[3](ms_feat[4]))
+            logits = self._head(p1)
+            if update_sensory:
+                p1 = torch.cat([p1, logits.view(b, k, 1, *logits.shape[-2:])], 2)
+                sensory = self.sensory_update([p16, p8, p4, p2, p1], sensory)
+        else:
+            logits, pooled = self._stride1_in_bands(p2, ms_feat[4], rows)
+            if update_sensory:
+                sensory = self.sensory_update([p16, p8, p4, p2, pooled], sensory, p1_pooled=True)
         return sensory, logits.view(b, k, *logits.shape[-2:])
+
+    # the stride-1 stage holds 64-channel full-resolution tensors (2 GiB each at 4K in fp32): above
+    # this size it runs in horizontal bands with a halo, which gives the same values
+    band_bytes = 256 << 20
+
+    def _head(self, p1: torch.Tensor) -> torch.Tensor:
+        with fp32_island(p1):
+            return self.pred_mat(F.relu(p1.flatten(0, 1).float()))
+
+    def _stride1_in_bands(self, p2: torch.Tensor, f1: torch.Tensor, rows: int):
+        """up_2_1 + pred_mat band by band. Output rows [y0, y1) need p1 rows +-1 (pred_mat), which need
+        the upsampled input rows +-2 more (two 3x3 convs): a halo of 3 rows, recomputed per band and
+        cropped. The bilinear x2 upsample of a p2 crop with 2 spare rows is exact on the rows kept.
+        Bands are multiples of 16 rows, so the stride-16 area pooling for the sensory update can be
+        done band by band as well. -> logits (B*K, 1, H, W) float32, pooled p1 (B, K, 17, H/16, W/16)."""
+        b, k, _, h2, _ = p2.shape
+        full_h, full_w = f1.shape[-2:]
+        proj = self.decoder_feat_proc.transforms[3]
+        logits = torch.empty((b * k, 1, full_h, full_w), device=p2.device, dtype=torch.float32)
+        pooled = []
+        for y0 in range(0, full_h, rows):
+            y1 = min(full_h, y0 + rows)
+            ga, gb = max(0, y0 - 3), min(full_h, y1 + 3)  # rows of the upsampled input needed
+            s0, s1 = max(0, ga // 2 - 2), min(h2, (gb + 1) // 2 + 2)  # p2 rows feeding them
+            g = _resize_groups(p2[:, :, :, s0:s1], 2, "bilinear")[:, :, :, ga - 2 * s0:gb - 2 * s0]
+            g += proj(f1[:, :, ga:gb]).unsqueeze(1)
+            p1 = self.up_2_1.out_conv(g, consume=True)
+            del g
+            lg = self._head(p1)[:, :, y0 - ga:y1 - ga]
+            logits[:, :, y0:y1] = lg
+            p1 = torch.cat([p1[:, :, :, y0 - ga:y1 - ga], lg.view(b, k, 1, y1 - y0, full_w)], 2)
+            pooled.append(_resize_groups(p1, 1 / 16, "area"))
+        return logits, torch.cat(pooled, 3)
 
 
 class UncertPred(nn.Module):
