@@ -72,6 +72,7 @@ class MatAnyoneEngine:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = self.cfg.tf32
             torch.backends.cudnn.allow_tf32 = self.cfg.tf32
+            torch.backends.cudnn.benchmark = True  # one frame size per stream: pick the fastest kernels once
             net = net.to(memory_format=torch.channels_last)
             if self.cfg.compile:
                 for attr in ("pixel_encoder", "mask_encoder", "mask_decoder"):

@@ -51,9 +51,18 @@ def test_construction_downloads_nothing(monkeypatch):
     def no_net(*a, **k):
         raise AssertionError("network access during construction")
 
+    import socket
+
+    import torch.utils.model_zoo
+
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_net)
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_net)
-    MatAnyoneNet()
+    monkeypatch.setattr(torch.utils.model_zoo, "load_url", no_net)
+    monkeypatch.setattr(socket.socket, "connect", no_net)
+    net = MatAnyoneNet()
+    assert not net.training  # inference-only: BatchNorm uses running statistics
+    net.train()
+    assert not net.pixel_encoder.bn1.training
 
 
 def test_engine_modules_do_not_import_torchvision():

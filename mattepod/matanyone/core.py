@@ -168,7 +168,7 @@ class InferenceCore:
         """Encode (frame, mask) and store it: working memory, object memory, sensory, mask value."""
         st = self.state
         if st.sensory is None:
-            st.sensory = torch.zeros((1, 1, st_dim(self.net), *f.key.shape[-2:]), device=self.device)
+            st.sensory = torch.zeros((1, 1, _sensory_dim(self.net), *f.key.shape[-2:]), device=self.device)
         self._rec("mask_encoder_in_sensory", st.sensory)
         self._rec("mask_encoder_in_masks", mask)
         value, sensory, summaries = self.net.encode_mask(f.image, f.pix_feat, st.sensory, mask,
@@ -285,5 +285,5 @@ class InferenceCore:
         return self._output(alpha)
 
 
-def st_dim(net: MatAnyoneNet) -> int:
+def _sensory_dim(net: MatAnyoneNet) -> int:
     return net.mask_encoder.sensory_update.transform.out_channels // 3
