@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mattepod.matanyone.network import fp32_island
+
 # elements of one similarity block (N x chunk); 2^24 float32 = 64 MiB
 DEFAULT_BLOCK_ELEMENTS = 1 << 24
 
@@ -114,8 +116,9 @@ class WorkingMemory:
         assert self.key is not None and self.value is not None and self.shrinkage is not None
         b, _, h, w = qk.shape
         k, cv = self.value.shape[1:3]
-        out = topk_readout(self.key, self.shrinkage, self.value.flatten(1, 2), qk.flatten(2), qe.flatten(2),
-                           top_k, block_elements)
+        with fp32_island(qk):  # top-k picks from exact similarities, also under fp16/bf16 autocast
+            out = topk_readout(self.key, self.shrinkage, self.value.flatten(1, 2), qk.flatten(2), qe.flatten(2),
+                               top_k, block_elements)
         return out.view(b, k, cv, h, w)
 
 
