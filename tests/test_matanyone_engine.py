@@ -144,7 +144,7 @@ def test_working_memory_fifo_keeps_the_permanent_frame():
     assert mem.key[0, 0].tolist() == [0.0] * 6 + [4.0] * 6 + [5.0] * 6
 
 
-def test_chunked_readout_equals_dense():
+def test_chunked_readout_equals_dense(monkeypatch):
     """The chunked top-k readout gives V @ affinity without building the (N x HW) affinity."""
     g = torch.Generator().manual_seed(0)
     mk, qk = torch.randn(1, 64, 300, generator=g), torch.randn(1, 64, 77, generator=g)
@@ -152,8 +152,20 @@ def test_chunked_readout_equals_dense():
     qe = torch.rand(1, 64, 77, generator=g)
     mv = torch.randn(1, 256, 300, generator=g)
     dense = mv @ dense_affinity(similarity(mk, ms, qk, qe), 30)
+    import mattepod.matanyone.memory as memory
+
+    blocks = []
+
+    def spy(*args):
+        out = similarity(*args)
+        blocks.append(out.numel())
+        return out
+
+    monkeypatch.setattr(memory, "similarity", spy)
     for block in (300, 1000, 1 << 24):  # 1, 3 and all 77 query columns per block
+        blocks.clear()
         assert torch.allclose(topk_readout(mk, ms, mv, qk, qe, 30, block), dense, atol=1e-5)
+        assert max(blocks) <= max(block, 300) and sum(blocks) == 300 * 77
 
 
 def test_bf16_on_cpu_is_close_to_fp32(weights_root, one_thread):
