@@ -83,17 +83,21 @@ def time_size(net, dev, hw, dtype, steps) -> dict:
     core.start(tensor(frames[0][0]), m255, warmup=0)
     sync(dev)
     start = time.perf_counter() - t0
-    times = []
+    times, cpu_times = [], []
     for img, _ in frames[1:]:
         x = tensor(img)
         sync(dev)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         core.step(x)
         sync(dev)
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     med = statistics.median(times[1:] if len(times) > 2 else times)
-    return {"hw": list(hw), "start_s": round(start, 4), "ms_per_frame": round(med * 1000, 1),
-            "fps": round(1 / med, 2), "steps": len(times)}
+    out = {"hw": list(hw), "start_s": round(start, 4), "ms_per_frame": round(med * 1000, 1),
+           "fps": round(1 / med, 2), "steps": len(times)}
+    if dev.type == "cpu":  # process CPU time per frame: robust on a shared machine (divide by threads)
+        out["cpu_ms_per_frame"] = round(statistics.median(cpu_times[1:] if len(cpu_times) > 2 else cpu_times) * 1000, 1)
+    return out
 
 
 def golden_timings(net, threads: int, repeats: int) -> dict:
