@@ -32,6 +32,13 @@ class Keyframe(_Strict):
     mask: str | None = Field(None, description="mask PNG for this keyframe")
     points: list[Point] = Field(default_factory=list, description="SAM 2 clicks for this keyframe")
     box: tuple[float, float, float, float] | None = Field(None, description="SAM 2 box [x0, y0, x1, y1]")
+    auto_person: bool = Field(False, description="find the people on this keyframe automatically")
+
+    @model_validator(mode="after")
+    def _has_prompt(self) -> "Keyframe":
+        if not (self.mask or self.points or self.box or self.auto_person):
+            raise ValueError(f"keyframe {self.frame} has no prompt: give mask, points, box or auto_person: true")
+        return self
 
 
 class PromptConfig(_Strict):
@@ -50,11 +57,14 @@ class PromptConfig(_Strict):
     person_select: Literal["largest", "all", "n_largest"] = Field(
         "largest", description="with auto_person: which people become the subject")
     person_count: int = Field(1, ge=1, description="with person_select n_largest: how many")
+    person_min_score: float = Field(0.5, ge=0, le=1, description="with auto_person: detector confidence a "
+                                    "person needs (lower finds more, and more false people)")
     sam2_model: Literal["tiny", "small", "base_plus", "large"] = Field(
         "base_plus", description="SAM 2.1 model size used to turn clicks/boxes into masks")
     keyframes: list[Keyframe] = Field(default_factory=list,
                                       description="extra prompts on later frames; the matte re-anchors there")
-    reprompt_every: int = Field(0, ge=0, description="re-prompt automatically every N frames (0 = never)")
+    reprompt_every: int = Field(0, ge=0, description="re-prompt automatically every N frames with the "
+                                "automatic person prompt (0 = never)")
 
 
 class EngineConfig(_Strict):
@@ -107,13 +117,19 @@ class OutputsConfig(_Strict):
 class StereoConfig(_Strict):
     mode: Literal["mono", "vr180"] = Field("mono", description="mono, or vr180 (two eyes in one frame)")
     layout: Literal["auto", "sbs", "tb"] = Field(
-        "auto", description="eye layout: side-by-side, top-bottom, or auto (file name tokens, metadata, shape)")
+        "auto", description="eye layout: side-by-side, top-bottom, or auto (metadata, file name tokens, shape)")
+    swap_eyes: bool = Field(False, description="the right eye comes first (left/top half is the right eye)")
     master: Literal["left", "right"] = Field("left", description="the eye the prompt is given on")
     projection: Literal["auto", "equirect", "fisheye"] = Field(
-        "auto", description="source projection of each eye (auto: file name tokens, else equirect)")
+        "auto", description="source projection of each eye (auto: metadata, file name tokens, else equirect)")
     fov: float = Field(180.0, gt=0, le=220, description="field of view of the fisheye passthrough output, degrees")
     consistency_threshold: float = Field(0.8, ge=0, le=1, description="flag frames whose eye IoU is below this")
     reprompt_on_drift: bool = Field(False, description="re-prompt the slave eye from the master when it drifts")
+    reprompt_cooldown: int = Field(15, ge=1, description="frames between two automatic re-prompts of the slave eye")
+    max_disparity: float = Field(0.15, gt=0, le=0.5,
+                                 description="largest horizontal eye disparity searched, fraction of the eye width")
+    max_vertical_offset: float = Field(0.02, ge=0, le=0.2,
+                                       description="largest vertical eye offset searched, fraction of the eye height")
 
 
 class RecoveryConfig(_Strict):

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -69,6 +70,8 @@ class RenderContext:
     cfg: OutputsConfig
     video_encoders: dict[str, str]  # "h264"/"hevc" -> encoder name chosen by the probe
     background: Callable[[int], np.ndarray] | None = None
+    layout: Any = None  # mattepod.stereo.Layout in vr180 mode
+    fov: float = 180.0
 
     def x264(self) -> list[str]:
         enc = self.video_encoders["h264"]
@@ -102,13 +105,40 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
                       "-b:v", "0", "-row-mt", "1", "-deadline", "good", "-cpu-used", "4", "-auto-alt-ref", "0"]),
     Format("png", "_rgba_png", "rgba", lambda fr, a, c: cv2.cvtColor(rgba8(fr, a), cv2.COLOR_RGBA2BGRA), None),
     Format("alpha16", "_alpha16_png", "gray16", lambda fr, a, c: alpha16(a), None),
+    # VR180 alpha-packed fisheye passthrough (DeoVR/HereSphere); size and name depend on the layout.
+    Format("packed", "_packed.mp4", "rgb48le", lambda fr, a, c: _packed(fr, a, c), RenderContext.x265_10),
 ]}
 
 
-def output_name(stem: str, fmt: Format, cfg: OutputsConfig) -> str:
+COLOUR_FORMATS = {"green", "composite", "prores", "webm"}  # picture outputs (the mattes are data, untagged)
+
+
+def _packed(frame: np.ndarray, alpha: np.ndarray, ctx: RenderContext) -> np.ndarray:
+    from mattepod.vrproject import packed_frame
+
+    return packed_frame(frame, alpha, ctx.layout, fov=ctx.fov)
+
+
+def frame_size(fmt: Format, width: int, height: int, layout: Any = None) -> tuple[int, int]:
+    """Size of what ``fmt.render`` produces: the input size, except the packed format (two square eyes)."""
+    if fmt.name != "packed":
+        return width, height
+    eye_h = height if layout.arrangement == "sbs" else height // 2
+    return 2 * eye_h, eye_h
+
+
+def output_name(stem: str, fmt: Format, cfg: OutputsConfig, layout: Any = None, fov: float = 180.0) -> str:
     suffix = fmt.suffix
     if fmt.name == "alpha" and cfg.alpha_codec == "ffv1":
         suffix = "_alpha.mkv"
+    if layout is not None:
+        if fmt.name == "packed":
+            from mattepod.vrproject import packed_name_for
+
+            return packed_name_for(stem, layout, fov) + ".mp4"
+        # DeoVR/HereSphere treat any name with an "_alpha" token as alpha-packed passthrough: the plain
+        # SBS matte of a VR run is a "matte", and keeps the source's layout tokens (in the stem).
+        suffix = suffix.replace("_alpha.", "_matte.")
     return stem + suffix
 
 
@@ -158,6 +188,9 @@ class OutputSet:
     fps: Fraction
     cfg: OutputsConfig
     video_encoders: dict[str, str]
+    layout: Any = None
+    fov: float = 180.0
+    color_tags: dict[str, str] = field(default_factory=dict)  # the source's colour description (ffprobe names)
     formats: list[Format] = field(init=False)
     _writers: dict[str, FFmpegWriter] = field(default_factory=dict, init=False)
     _bg: BackgroundSource | None = field(default=None, init=False)
@@ -169,15 +202,21 @@ class OutputSet:
         self.formats = [FORMATS[f] for f in dict.fromkeys(self.cfg.formats)]
         if "composite" in self.cfg.formats:
             self._bg = BackgroundSource(str(self.cfg.background), self.width, self.height)
+        if "packed" in self.cfg.formats and self.layout is None:
+            raise ConfigError("outputs.formats 'packed' needs stereo.mode: vr180", "set stereo.mode: vr180")
         self.ctx = RenderContext(self.cfg, self.video_encoders,
-                                 background=(lambda _i: self._bg.next()) if self._bg else None)
+                                 background=(lambda _i: self._bg.next()) if self._bg else None,
+                                 layout=self.layout, fov=self.fov)
+
+    def name(self, fmt: Format) -> str:
+        return output_name(self.stem, fmt, self.cfg, self.layout, self.fov)
 
     def segment_path(self, fmt: Format, index: int) -> Path:
-        ext = Path(output_name(self.stem, fmt, self.cfg)).suffix
+        ext = Path(self.name(fmt)).suffix
         return self.run_dir / "segments" / fmt.name / f"{index:06d}{ext}"
 
     def sequence_dir(self, fmt: Format) -> Path:
-        return self.run_dir / (output_name(self.stem, fmt, self.cfg) + ".partial")
+        return self.run_dir / (self.name(fmt) + ".partial")
 
     def open_segment(self, index: int, first_frame: int) -> None:
         if self._bg is not None:
@@ -186,8 +225,17 @@ class OutputSet:
             if fmt.is_sequence:
                 self.sequence_dir(fmt).mkdir(parents=True, exist_ok=True)
             else:
-                self._writers[fmt.name] = FFmpegWriter(self.segment_path(fmt, index), self.width, self.height,
-                                                       self.fps, fmt.pix_fmt, fmt.args(self.ctx))
+                w, h = frame_size(fmt, self.width, self.height, self.layout)
+                args = fmt.args(self.ctx)
+                if fmt.name in COLOUR_FORMATS:
+                    args = [*args, *self._colour_args()]
+                if self.layout is not None and self.name(fmt).endswith((".mkv", ".webm")):
+                    from mattepod.vrproject import stereo_mode_tag
+
+                    tag = "left_right" if fmt.name == "packed" else stereo_mode_tag(self.layout)
+                    args = [*args, "-metadata:s:v:0", f"stereo_mode={tag}"]
+                self._writers[fmt.name] = FFmpegWriter(self.segment_path(fmt, index), w, h,
+                                                       self.fps, fmt.pix_fmt, args)
 
     def write(self, index: int, frame: np.ndarray, alpha: np.ndarray) -> None:
         for fmt in self.formats:
@@ -212,6 +260,12 @@ class OutputSet:
                 w.abort()
             raise
 
+    def _colour_args(self) -> list[str]:
+        """Pictures keep the source's colour description (a BT.709 clip stays tagged BT.709)."""
+        flags = {"color_primaries": "-color_primaries", "color_transfer": "-color_trc", "color_space": "-colorspace"}
+        return [arg for key, flag in flags.items() if self.color_tags.get(key, "unknown") not in ("unknown", "reserved")
+                for arg in (flag, self.color_tags[key])]
+
     def abort(self) -> None:
         for w in self._writers.values():
             w.abort()
@@ -223,7 +277,7 @@ class OutputSet:
         start_s = start_frame / float(info.fps)
         duration = frames / float(self.fps)
         for fmt in self.formats:
-            name = output_name(self.stem, fmt, self.cfg)
+            name = self.name(fmt)
             final = self.run_dir / name
             if fmt.is_sequence:
                 os.replace(self.sequence_dir(fmt), final)

@@ -47,6 +47,8 @@ from mattepod.runfolder import CONFIG, RunFolder, open_for_new_run, read_json
 log = logging.getLogger("mattepod.pipeline")
 
 _END = object()
+# Fault injection for the crash/resume tests (TEST.md): SIGKILL this process after N frames of matting.
+_KILL_AT = int(os.environ.get("MATTEPOD_TEST_KILL_AT_FRAME", "0")) or None
 SPILL_CHUNK_BYTES = 256 << 20  # frames decoded at once for the backward pass
 
 
@@ -367,13 +369,26 @@ def _execute(cfg: Config, info: MediaInfo, first: int, count: int, folder: RunFo
     encoders = _pick_encoders(cfg)
     folder.update(encoder=encoders, weights=_weights_used(cfg), segment_frames=seg_len)
     factory = opts.engine_factory or build_engine
-    engine: Engine = ScaledEngine(factory(cfg), cfg.scale)
-
     specs = specs_from_config(cfg.prompt)
     main_spec = specs[0]
     keyframes = {s.frame: s for s in specs[1:]}
+    if cfg.prompt.reprompt_every:
+        from mattepod.prompts import auto_spec
+
+        for f in range(main_spec.frame + cfg.prompt.reprompt_every, count, cfg.prompt.reprompt_every):
+            keyframes.setdefault(f, auto_spec(cfg.prompt, f))
     k = main_spec.frame
+    layout = None
+    stereo_log = None
+    if cfg.stereo.mode == "vr180":
+        engine, layout = _stereo_engine(cfg, info, factory, main_spec)
+        stereo_log = (run_dir / "stereo_consistency.jsonl").open("a")
+        folder.update(stereo={"layout": layout.to_dict()})
+        log.info("VR180 layout %s (from %s)", layout.arrangement, layout.origin)
+    else:
+        engine = ScaledEngine(factory(cfg), cfg.scale)
     prompt_mask = _prompt(cfg, info, first, main_spec, run_dir, "prompt")
+    _free_prompt_models()
 
     spill = run_dir / "spill"
     if k > 0 and not manifest.backward_done:
@@ -381,7 +396,8 @@ def _execute(cfg: Config, info: MediaInfo, first: int, count: int, folder: RunFo
         manifest.backward_done = True
         manifest.save(run_dir)
 
-    outs = OutputSet(run_dir, stem, info.width, info.height, info.fps, cfg.outputs, encoders)
+    outs = OutputSet(run_dir, stem, info.width, info.height, info.fps, cfg.outputs, encoders, layout, cfg.stereo.fov,
+                     info.color)
     preview_at = _preview_frames(count, cfg.outputs.previews)
     clock = StageClock()
     i0 = manifest.frames_done
@@ -453,8 +469,12 @@ def _execute(cfg: Config, info: MediaInfo, first: int, count: int, folder: RunFo
                 mask = _prompt(cfg, info, first, spec, run_dir, f"keyframe_{i:06d}", frame) if spec and i > k else None
                 alpha = engine.step(frame, mask)
             clock.add("engine", time.perf_counter() - t)
+            if stereo_log is not None:
+                _log_consistency(engine, stereo_log, i, k)
             put(("frame", i, frame, alpha))
             done = i + 1
+            if _KILL_AT is not None and done == _KILL_AT:
+                os.kill(os.getpid(), signal.SIGKILL)
             if done % seg_len == 0 or done == count:
                 blob = serialise_state(engine.get_state()) if started else None
                 put(("close", i // seg_len, done, blob))
@@ -473,6 +493,11 @@ def _execute(cfg: Config, info: MediaInfo, first: int, count: int, folder: RunFo
         raise
     wall = time.perf_counter() - t_wall
     progress.update(count, force=True)
+    if stereo_log is not None:
+        stereo_log.close()
+        folder.update(stereo={"layout": layout.to_dict(), "consistency": engine.summary(),
+                              "consistency_file": "stereo_consistency.jsonl",
+                              "flagged_frames": _flagged(run_dir / "stereo_consistency.jsonl")})
     folder.update(timings=clock.report(wall, count - i0), frames={"total": count, "done": count})
     progress.emit({"event": "progress", "stage": "joining", "frame": count, "total": count, "fps": None, "eta": None})
     result = outs.finalize(-(-count // seg_len), info, first, count)
@@ -482,12 +507,77 @@ def _execute(cfg: Config, info: MediaInfo, first: int, count: int, folder: RunFo
     return result
 
 
+def _stereo_engine(cfg: Config, info: MediaInfo, factory: Callable[[Config], Engine], spec: PromptSpec):
+    """VR180: two engines (one per eye) behind the mono Engine protocol; the slave eye's prompt is the
+    master's moved by the subject's disparity, refined by SAM 2 when the prompt was clicks or a box."""
+    from mattepod.stereo import StereoEngine, detect_layout
+
+    layout = detect_layout(info.path, info.width, info.height, info.side_data, tags=info.tags, config=cfg.stereo)
+    refine = None
+    if spec.points or spec.box:
+        def refine(eye: np.ndarray, points: Any, box: Any) -> np.ndarray:
+            from mattepod.sam import get_prompter
+
+            prompter = get_prompter(cfg.prompt.sam2_model, cfg.resolved_weights_dir(), _device(cfg))
+            return prompter.mask_for(eye, list(points or []), box)
+    engine = StereoEngine.from_config(lambda: factory(cfg), layout, cfg.stereo, scale=cfg.scale, refine=refine)
+    if spec.points or spec.box:
+        from mattepod.stereo import to_eye_coords
+
+        eye_pts = []
+        for x, y, label in spec.points:
+            px, py = (x * info.width, y * info.height) if spec.normalized else (x, y)
+            _eye, ex, ey = to_eye_coords(px, py, layout, (info.width, info.height))
+            eye_pts.append((ex, ey, label))
+        engine.prompt_points = eye_pts
+        if spec.box:
+            x0, y0, x1, y1 = spec.box
+            if spec.normalized:
+                x0, x1, y0, y1 = x0 * info.width, x1 * info.width, y0 * info.height, y1 * info.height
+            _e, ex0, ey0 = to_eye_coords(x0, y0, layout, (info.width, info.height))
+            _e, ex1, ey1 = to_eye_coords(x1, y1, layout, (info.width, info.height))
+            engine.prompt_box = (ex0, ey0, ex1, ey1)
+    return engine, layout
+
+
+def _log_consistency(engine: Any, out: Any, i: int, k: int) -> None:
+    import json
+
+    for rec in engine.drain_consistency():
+        rec = dict(rec)
+        rec["frame"] = i
+        out.write(json.dumps(rec) + "\n")
+
+
+def _flagged(path: Path) -> list[int]:
+    import json
+
+    if not path.is_file():
+        return []
+    return [json.loads(line)["frame"] for line in path.read_text().splitlines() if '"flagged": true' in line]
+
+
+def _free_prompt_models() -> None:
+    """SAM 2 and the detector are done once the prompts are resolved: give their memory to matting."""
+    import sys
+
+    for mod in ("mattepod.sam", "mattepod.detect"):
+        if mod in sys.modules:
+            sys.modules[mod].clear_cache()
+
+
 def _prompt(cfg: Config, info: MediaInfo, first: int, spec: PromptSpec, run_dir: Path, name: str,
             frame: np.ndarray | None = None) -> np.ndarray:
     if frame is None:
         frame = read_frame(info, first + spec.frame)
-    res = resolve_prompt(spec, frame, cfg.resolved_weights_dir(), sam2_model=cfg.prompt.sam2_model,
-                         device=_device(cfg))
+    try:
+        res = resolve_prompt(spec, frame, cfg.resolved_weights_dir(), sam2_model=cfg.prompt.sam2_model,
+                             device=_device(cfg))
+    except MaskError:
+        if getattr(spec, "kind", "") == "auto_person" and spec.frame != cfg.prompt.frame and cfg.prompt.reprompt_every:
+            log.warning("re-prompt at frame %d found nobody; keeping the current matte", spec.frame)
+            return None  # type: ignore[return-value]
+        raise
     (run_dir / "previews").mkdir(exist_ok=True)
     cv2.imwrite(str(run_dir / "previews" / f"{name}.png"), cv2.cvtColor(res.preview, cv2.COLOR_RGB2BGR))
     return res.mask.astype(np.float32)
@@ -538,6 +628,8 @@ def _backward(cfg: Config, info: MediaInfo, first: int, k: int, engine: Engine, 
             progress.update(done)
         np.save(_spill_path(spill, chunk), out)
         del frames
+    if hasattr(engine, "drain_consistency"):
+        engine.drain_consistency()  # the forward pass restarts at k and records its own series
 
 
 def _preview_frames(count: int, n: int) -> set[int]:

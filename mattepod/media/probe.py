@@ -32,6 +32,7 @@ class MediaInfo:
     color: dict[str, str] = field(default_factory=dict)
     audio: list[dict[str, Any]] = field(default_factory=list)
     side_data: list[dict[str, Any]] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
     start_time: float = 0.0
     images: list[str] = field(default_factory=list, repr=False)
 
@@ -111,6 +112,7 @@ def probe(path: str | Path) -> MediaInfo:
     return MediaInfo(path=str(p), kind="video", width=w, height=h, fps=fps, frame_count=count,
                      duration=duration or count / float(fps), rotation=rotation, codec=v.get("codec_name", ""),
                      pix_fmt=v.get("pix_fmt", ""), vfr=vfr, color=color, audio=audio, side_data=side,
+                     tags={str(k).lower(): str(val) for k, val in (v.get("tags") or {}).items()},
                      start_time=float(v.get("start_time") or 0.0))
 
 

@@ -7,6 +7,7 @@ Rotated phone videos come out upright (ffmpeg's autorotate). Variable-frame-rate
 from __future__ import annotations
 
 import subprocess
+import threading
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,27 +68,31 @@ def _read_video(info: MediaInfo, start: int, end: int) -> Iterator[np.ndarray]:
     wanted = end - start
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=frame_bytes)
     got = 0
+    eof = False
     tail: deque[str] = deque(maxlen=5)
+    # Drain stderr in a thread: a corrupt stream can log more than a pipe holds and stall the decoder.
+    drain = threading.Thread(target=lambda: tail.extend(
+        ln.decode(errors="replace").strip() for ln in proc.stderr if ln.strip()), daemon=True)  # type: ignore[union-attr]
+    drain.start()
     try:
         assert proc.stdout is not None
         while got < wanted:
             buf = proc.stdout.read(frame_bytes)
             if len(buf) < frame_bytes:
+                eof = True  # ffmpeg ended (or broke) before the frames we were promised
+                proc.wait()
+                drain.join()
                 break
             got += 1
             yield np.frombuffer(buf, np.uint8).reshape(info.height, info.width, 3)
     finally:
-        if got < wanted:
-            proc.wait()
-            assert proc.stderr is not None
-            tail.extend(proc.stderr.read().decode(errors="replace").strip().splitlines())
+        # Also reached when the consumer stops early (generator closed): never wait on a writer we abandon.
         proc.kill()
         proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
-        if proc.stderr:
-            proc.stderr.close()
-    if got < wanted:
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe:
+                pipe.close()
+    if eof and got < wanted:
         detail = tail[-1] if tail else "the stream ended early"
         raise InvalidMediaError(
             f"{info.path} is truncated or corrupt: decoded {start + got} of {end} frames ({detail})",

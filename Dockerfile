@@ -1,0 +1,76 @@
+# MattePod image for RunPod GPU pods (and any Docker + NVIDIA host). BUILD.md explains build, push and run.
+#   docker build -t mattepod .                        -> Gradio UI (default target "ui")
+#   docker build --target serverless -t mattepod-sls . -> RunPod serverless worker
+# Weights are NOT baked in: docker/runtime_setup.sh fetches and verifies them into /workspace/weights at start.
+# The CUDA base matches torch 2.14.1's PyPI wheels (CUDA 13.0): hosts need an NVIDIA driver >= 580.
+FROM nvidia/cuda:13.0.0-runtime-ubuntu24.04 AS runtime
+
+ARG VERSION=0.1.0
+ARG VCS_REF=unknown
+LABEL org.opencontainers.image.title="MattePod" \
+      org.opencontainers.image.description="GPU video matting (SAM 2 prompts + MatAnyone) with a Gradio UI, CLI and RunPod worker" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${VCS_REF}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="nvidia/cuda:13.0.0-runtime-ubuntu24.04" \
+      com.runpod.ports="7860/http" \
+      com.runpod.volume="/workspace"
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# System packages: Python, ffmpeg (NVENC/NVDEC capable build), tini as PID 1. Versions follow the pinned base.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      python3 python3-venv ffmpeg tini ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:/opt/mattepod/scripts:/opt/mattepod/docker:$PATH \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    SAM2_BUILD_CUDA=0
+
+# Python dependencies, pinned (docker/constraints.txt = the tested versions), in their own layers so that a code
+# change does not reinstall torch. torch first: sam2 builds against the installed torch.
+COPY docker/constraints.txt /opt/mattepod/docker/constraints.txt
+RUN python3 -m venv /opt/venv \
+ && pip install -c /opt/mattepod/docker/constraints.txt torch torchvision \
+ && pip install --no-build-isolation -r /opt/mattepod/docker/constraints.txt
+
+# The code lives outside /workspace: RunPod mounts its volume there and would hide anything baked in.
+COPY . /opt/mattepod
+WORKDIR /opt/mattepod
+RUN pip install --no-deps --no-build-isolation . \
+ && rm -rf build ./*.egg-info \
+ && pip check \
+ && chmod +x docker/*.sh \
+ && python -c "import mattepod, sam2, torch, gradio, runpod, huggingface_hub; print('imports ok', torch.__version__)"
+
+ENV NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,video,utility \
+    MATTEPOD_HOME=/opt/mattepod \
+    MODEL_CACHE_DIR=/workspace/weights \
+    OUTPUT_DIR=/workspace/output \
+    HF_HOME=/workspace/.cache/huggingface \
+    PORT=7860 \
+    GRADIO_SERVER_NAME=0.0.0.0 \
+    STARTUP_COMMAND="python /opt/mattepod/app/gradio_app.py"
+
+ENTRYPOINT ["/usr/bin/tini", "-g", "--", "/opt/mattepod/docker/entrypoint.sh"]
+
+# RunPod serverless worker: same image, the worker instead of the UI, no port, no HTTP health check.
+# Serverless workers mount the network volume at /runpod-volume (pods: /workspace).
+FROM runtime AS serverless
+ENV STARTUP_COMMAND="python -m mattepod.serverless" \
+    MODEL_CACHE_DIR=/runpod-volume/weights \
+    OUTPUT_DIR=/runpod-volume/output
+HEALTHCHECK NONE
+
+# Default target: the Gradio UI on port 7860.
+FROM runtime AS ui
+EXPOSE 7860
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30m --retries=3 \
+    CMD ["python", "/opt/mattepod/docker/healthcheck.py"]
