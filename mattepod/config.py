@@ -83,9 +83,6 @@ class EngineConfig(_Strict):
     top_k: int = Field(30, ge=1, description="top-k of the memory readout")
     compile: bool = Field(False, description="torch.compile the network (GPU; slow first frames)")
     tf32: bool = Field(True, description="allow TF32 matmuls on GPU (faster, slightly less exact)")
-    readout_block_mb: int = Field(
-        64, ge=1, description="memory of one block of the chunked top-k readout in MiB (larger = fewer, "
-        "bigger matmuls; the full affinity matrix is never built)")
 
 
 OutputFormat = Literal["alpha", "green", "composite", "prores", "webm", "png", "alpha16", "packed"]

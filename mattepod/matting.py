@@ -64,7 +64,9 @@ class MatAnyoneEngine:
 
     name = "matanyone"
 
-    def __init__(self, net: MatAnyoneNet, cfg: EngineConfig | None = None):
+    def __init__(self, net: MatAnyoneNet, cfg: EngineConfig | None = None, *, readout_block_mb: int = 64):
+        """``readout_block_mb``: memory of one block of the chunked top-k readout (the full affinity
+        matrix is never built; larger blocks = fewer, bigger matmuls)."""
         self.cfg = cfg or EngineConfig()
         self.device = resolve_device(self.cfg.device)
         self.autocast_dtype = resolve_precision(self.cfg.precision, self.device)
@@ -78,7 +80,7 @@ class MatAnyoneEngine:
                 for attr in ("pixel_encoder", "mask_encoder", "mask_decoder"):
                     setattr(net, attr, torch.compile(getattr(net, attr), dynamic=False))
         self.net = net
-        block = self.cfg.readout_block_mb * (1 << 20) // 4
+        block = readout_block_mb * (1 << 20) // 4
         self.core = InferenceCore(net, CoreConfig(self.cfg.mem_every, self.cfg.max_mem_frames, self.cfg.top_k,
                                                   block_elements=block), autocast_dtype=self.autocast_dtype)
         self.frame_hw: tuple[int, int] | None = None

@@ -203,8 +203,10 @@ def test_bad_input_is_refused_clearly(weights_root):
 
 
 def test_settings_reach_the_core(weights_root):
-    cfg = EngineConfig(mem_every=3, max_mem_frames=4, top_k=20, readout_block_mb=1, **CPU)
+    cfg = EngineConfig(mem_every=3, max_mem_frames=4, top_k=20, **CPU)
     eng = build_engine(cfg, weights_root)
     c = eng.core.cfg
-    assert (c.mem_every, c.max_mem_frames, c.top_k, c.block_elements) == (3, 4, 20, (1 << 20) // 4)
+    assert (c.mem_every, c.max_mem_frames, c.top_k, c.block_elements) == (3, 4, 20, (64 << 20) // 4)
+    small = MatAnyoneEngine(eng.net, cfg, readout_block_mb=1)
+    assert small.core.cfg.block_elements == (1 << 20) // 4
     assert json.dumps(eng._settings())  # plain values only
