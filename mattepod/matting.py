@@ -138,7 +138,8 @@ class MatAnyoneEngine:
         elif hw != self.frame_hw:
             raise InvalidMediaError(f"frame size changed from {self.frame_hw} to {hw} mid-stream",
                                     "give frames of one size (re-encode the input)")
-        img = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device).permute(2, 0, 1).float()
+        frame = np.ascontiguousarray(frame) if frame.flags.writeable else frame.copy()  # decoder buffers are read-only
+        img = torch.from_numpy(frame).to(self.device).permute(2, 0, 1).float()
         return prep.resize_frame(img, self.internal_hw) / 255.0
 
     def _check_size(self) -> None:
@@ -154,7 +155,7 @@ class MatAnyoneEngine:
         if mask.ndim != 2 or tuple(mask.shape) != self.frame_hw:
             raise MaskError(f"mask of shape {mask.shape} does not match the frame {self.frame_hw}",
                             "give a mask of the same width and height as the video")
-        m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)).to(self.device)
+        m = torch.from_numpy(np.array(mask, dtype=np.float32)).to(self.device)
         m255 = prep.dilate_erode(m, self.cfg.dilate, self.cfg.erode)
         if not bool((m255 > 0).any()):
             raise MaskError("the prompt mask is empty" + (" after dilate/erode" if bool((m > 0).any()) else ""),

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import make_mask, make_video, run_cli
 from matanyone_common import case_dir, need_reference, read_grey, read_rgb, write_weights
 from matanyone_common import one_thread  # noqa: F401 (fixture)
 from mattepod.config import EngineConfig
@@ -210,3 +211,17 @@ def test_settings_reach_the_core(weights_root):
     small = MatAnyoneEngine(eng.net, cfg, readout_block_mb=1)
     assert small.core.cfg.block_elements == (1 << 20) // 4
     assert json.dumps(eng._settings())  # plain values only
+
+
+@pytest.mark.slow
+def test_cli_run_with_the_matanyone_engine(weights_root, tmp_path):
+    """The real CLI, ffmpeg and loader with engine.name=matanyone: a completed run with an alpha video."""
+    video = make_video(tmp_path / "clip.mp4", width=96, height=80, frames=6, audio=False)
+    mask = make_mask(tmp_path / "m.png", 96, 80)
+    res = run_cli("run", "--input", str(video), "--mask", str(mask), "--weights-dir", str(weights_root),
+                  "--output-dir", str(tmp_path / "out"), "--outputs", "alpha", "--set", "engine.device=cpu",
+                  "--set", "engine.warmup=1", "--set", "runtime.threads=1", timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    meta = json.loads(next((tmp_path / "out").glob("*/metadata.json")).read_text())
+    assert meta["status"] == "completed" and meta["frames"]["done"] == 6
+    assert (next((tmp_path / "out").glob("*/")) / meta["outputs"]["alpha"]).stat().st_size > 0
