@@ -1,0 +1,197 @@
+"""The pipeline's matting engines: ``build_engine`` picks one from ``EngineConfig``.
+
+``MatAnyoneEngine`` adapts our MatAnyone core (``mattepod.matanyone``) to the ``Engine`` protocol:
+uint8 RGB frames in, float32 alpha out at the frame's own size. It applies the official CLI's input
+preparation (dilate-then-erode of the prompt mask, ``max_size`` area resize, ``warmup`` steps on the
+prompt frame), runs in the configured precision and device, and keeps its memory serialisable.
+A keyframe mask re-anchors it: the output of ``step(frame, mask)`` equals a fresh ``start`` there.
+
+The MatAnyone weights are the authors' (NTU S-Lab License 1.0, non-commercial). MattePod never ships
+them; users fetch them with ``scripts/download_models.py`` (see ``mattepod.weights``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mattepod.config import EngineConfig
+from mattepod.engine import Engine, MaskFollowEngine
+from mattepod.errors import ConfigError, InvalidMediaError, MaskError, WeightsError
+from mattepod import weights as weights_manifest
+from mattepod.matanyone import prep
+from mattepod.matanyone.core import CoreConfig, InferenceCore, pad_amounts
+from mattepod.matanyone.loader import load_network
+from mattepod.matanyone.network import MatAnyoneNet
+
+STATE_VERSION = 1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"engine.device {name!r} is not a device", "use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"engine.device {name} requested but no CUDA GPU is available",
+                          "use engine.device: auto or cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"engine.device {name} is not supported", "use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype (None = plain float32)."""
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cpu":
+        raise ConfigError("engine.precision fp16 is not supported on the CPU", "use fp32 or bf16 on the CPU")
+    return torch.float16
+
+
+class MatAnyoneEngine:
+    """MatAnyone behind the streaming ``Engine`` protocol (one subject)."""
+
+    name = "matanyone"
+
+    def __init__(self, net: MatAnyoneNet, cfg: EngineConfig | None = None, *, readout_block_mb: int = 64):
+        """``readout_block_mb``: memory of one block of the chunked top-k readout (the full affinity
+        matrix is never built; larger blocks = fewer, bigger matmuls)."""
+        self.cfg = cfg or EngineConfig()
+        self.device = resolve_device(self.cfg.device)
+        self.autocast_dtype = resolve_precision(self.cfg.precision, self.device)
+        net = net.to(self.device).eval()
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = self.cfg.tf32
+            torch.backends.cudnn.allow_tf32 = self.cfg.tf32
+            torch.backends.cudnn.benchmark = True  # one frame size per stream: pick the fastest kernels once
+            net = net.to(memory_format=torch.channels_last)
+            if self.cfg.compile:
+                for attr in ("pixel_encoder", "mask_encoder", "mask_decoder"):
+                    setattr(net, attr, torch.compile(getattr(net, attr), dynamic=False))
+        self.net = net
+        block = readout_block_mb * (1 << 20) // 4
+        self.core = InferenceCore(net, CoreConfig(self.cfg.mem_every, self.cfg.max_mem_frames, self.cfg.top_k,
+                                                  block_elements=block), autocast_dtype=self.autocast_dtype)
+        self.frame_hw: tuple[int, int] | None = None
+        self.internal_hw: tuple[int, int] | None = None
+        self.last_internal_alpha: torch.Tensor | None = None  # at the internal size (tests, previews)
+
+    # -------------------------------------------------------------- protocol
+    def start(self, frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        img = self._frame(frame, starting=True)
+        m = self._mask(mask)
+        alpha = self.core.start(img, m, self.cfg.warmup)
+        return self._alpha(alpha)
+
+    def step(self, frame: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        if mask is not None:
+            return self.start(frame, mask)  # re-anchor: identical to a fresh start on the keyframe
+        if self.frame_hw is None:
+            raise RuntimeError("step() before start()")
+        return self._alpha(self.core.step(self._frame(frame)))
+
+    def get_state(self) -> dict[str, Any]:
+        if self.frame_hw is None:
+            raise RuntimeError("get_state() before start()")
+        return {"engine": self.name, "version": STATE_VERSION, "frame_hw": self.frame_hw,
+                "internal_hw": self.internal_hw, "settings": self._settings(), "core": self.core.get_state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if state.get("engine") != self.name or state.get("version") != STATE_VERSION:
+            raise ValueError(f"state of engine {state.get('engine')!r} v{state.get('version')} "
+                             f"cannot be restored into {self.name} v{STATE_VERSION}")
+        if state["settings"] != self._settings():
+            diff = {k: (v, self._settings().get(k)) for k, v in state["settings"].items()
+                    if self._settings().get(k) != v}
+            raise ValueError(f"engine settings changed since the state was saved: {diff}")
+        self.frame_hw = tuple(state["frame_hw"])
+        self.internal_hw = tuple(state["internal_hw"])
+        self.core.set_state(state["core"])
+
+    # -------------------------------------------------------------- helpers
+    def _settings(self) -> dict[str, Any]:
+        c = self.cfg
+        return {"model_layout": getattr(self.net, "layout", "single"), "warmup": c.warmup, "erode": c.erode,
+                "dilate": c.dilate, "max_size": c.max_size, "mem_every": c.mem_every,
+                "max_mem_frames": c.max_mem_frames, "top_k": c.top_k}
+
+    def _frame(self, frame: np.ndarray, starting: bool = False) -> torch.Tensor:
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise InvalidMediaError(f"frame must be uint8 (H, W, 3) RGB, got {frame.dtype} {frame.shape}",
+                                    "decode the video to rgb24")
+        hw = tuple(frame.shape[:2])
+        if starting:
+            self.frame_hw = hw
+            self.internal_hw = prep.max_size_hw(hw[0], hw[1], self.cfg.max_size)
+            self._check_size()
+        elif hw != self.frame_hw:
+            raise InvalidMediaError(f"frame size changed from {self.frame_hw} to {hw} mid-stream",
+                                    "give frames of one size (re-encode the input)")
+        frame = np.ascontiguousarray(frame) if frame.flags.writeable else frame.copy()  # decoder buffers are read-only
+        img = torch.from_numpy(frame).to(self.device).permute(2, 0, 1).float()
+        return prep.resize_frame(img, self.internal_hw) / 255.0
+
+    def _check_size(self) -> None:
+        h, w = self.internal_hw
+        l, r, t, b = pad_amounts(h, w)
+        cells = (h + t + b) // 16 * ((w + l + r) // 16)
+        if cells < self.cfg.top_k:
+            raise InvalidMediaError(
+                f"matting size {w}x{h} gives {cells} cells of 16x16 px, fewer than engine.top_k={self.cfg.top_k}",
+                "use a larger input or a larger engine.max_size (or a smaller engine.top_k)")
+
+    def _mask(self, mask: np.ndarray) -> torch.Tensor:
+        if mask.ndim != 2 or tuple(mask.shape) != self.frame_hw:
+            raise MaskError(f"mask of shape {mask.shape} does not match the frame {self.frame_hw}",
+                            "give a mask of the same width and height as the video")
+        m = torch.from_numpy(np.array(mask, dtype=np.float32)).to(self.device)
+        m255 = prep.dilate_erode(m, self.cfg.dilate, self.cfg.erode)
+        if not bool((m255 > 0).any()):
+            raise MaskError("the prompt mask is empty" + (" after dilate/erode" if bool((m > 0).any()) else ""),
+                            "select the subject on the prompt frame (or lower engine.erode)")
+        return prep.resize_mask(m255, self.internal_hw)
+
+    def _alpha(self, alpha: torch.Tensor) -> np.ndarray:
+        self.last_internal_alpha = alpha
+        if tuple(alpha.shape) != self.frame_hw:
+            alpha = F.interpolate(alpha[None, None], size=self.frame_hw, mode="bilinear", align_corners=False)[0, 0]
+        return alpha.clamp(0.0, 1.0).to("cpu", torch.float32).numpy()
+
+
+def find_matanyone_weights(model: str, weights_dir: str | Path) -> Path:
+    """A checkpoint for ``model`` (matanyone | matanyone2): a file given directly, the Hugging Face
+    folder ``<weights_dir>/<model>/`` (config.json + model.safetensors), or a release ``<model>.pth``
+    in that folder or in ``weights_dir``."""
+    p = Path(weights_dir)
+    if p.is_file():
+        return p
+    try:
+        return weights_manifest.require(model, p)
+    except WeightsError:
+        for cand in (weights_manifest.model_dir(model, p) / f"{model}.pth", p / f"{model}.pth"):
+            if cand.is_file():
+                return cand
+        raise
+
+
+def build_engine(cfg: EngineConfig, weights_dir: str | Path | None) -> Engine:
+    """The engine named by ``cfg.name``; MatAnyone weights are read from ``weights_dir``."""
+    if cfg.name == "mask":
+        return MaskFollowEngine()
+    if weights_dir is None:
+        raise WeightsError("no weights folder given for the matanyone engine",
+                           "pass --weights-dir or set weights_dir / MODEL_CACHE_DIR")
+    device = resolve_device(cfg.device)
+    net = load_network(find_matanyone_weights(cfg.model, weights_dir), "cpu")
+    return MatAnyoneEngine(net.to(device), cfg)
