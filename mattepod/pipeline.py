@@ -345,15 +345,31 @@ def find_resumable(output_dir: Path, cfg: Config) -> Path | None:
 
 
 def _weights_used(cfg: Config) -> list[dict[str, str]]:
-    if cfg.engine.name == "mask":
-        return []
-    from mattepod.weights import MODELS, require
+    """Every weights file this run reads, with its sha256 (metadata.json: which exact model made this)."""
+    from mattepod import weights
+    from mattepod.download import read_record
 
+    wdir = cfg.resolved_weights_dir()
+    files: list[tuple[str, Path]] = []
+    if cfg.engine.name == "matanyone":
+        from mattepod.matting import find_matanyone_weights
+
+        src = find_matanyone_weights(cfg.engine.model, wdir)
+        files += [(cfg.engine.model, f) for f in (sorted(src.iterdir()) if src.is_dir() else [src])
+                  if f.is_file() and not f.name.startswith(".")]
+    p = cfg.prompt
+    if p.points or p.box or p.auto_person or p.reprompt_every or any(k.points or k.box or k.auto_person for k in p.keyframes):
+        names = [f"sam2.1_{p.sam2_model}"] + (["person_detector"] if p.auto_person or p.reprompt_every
+                                               or any(k.auto_person for k in p.keyframes) else [])
+        for name in names:
+            folder = weights.model_dir(name, wdir)
+            files += [(name, folder / wf.filename) for wf in weights.MODELS[name].files if (folder / wf.filename).is_file()]
     out = []
-    folder = require(cfg.engine.model, cfg.resolved_weights_dir())
-    for wf in MODELS[cfg.engine.model].files:
-        p = folder / wf.filename
-        out.append({"model": cfg.engine.model, "file": str(p), "sha256": _sha256(p)})
+    for model, f in files:
+        rec = (read_record(f.parent).get("files") or {}).get(f.name, {})
+        st = f.stat()
+        known = rec.get("sha256") if rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns else None
+        out.append({"model": model, "file": str(f), "sha256": known or _sha256(f)})
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 import json
 
 import numpy as np
@@ -225,3 +226,33 @@ def test_cli_run_with_the_matanyone_engine(weights_root, tmp_path):
     meta = json.loads(next((tmp_path / "out").glob("*/metadata.json")).read_text())
     assert meta["status"] == "completed" and meta["frames"]["done"] == 6
     assert (next((tmp_path / "out").glob("*/")) / meta["outputs"]["alpha"]).stat().st_size > 0
+    import hashlib
+
+    used = {Path(w["file"]).name: w["sha256"] for w in meta["weights"]}
+    st = weights_root / "matanyone" / "model.safetensors"
+    assert used["model.safetensors"] == hashlib.sha256(st.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_cli_kill_9_and_resume_with_matanyone_is_bit_identical(weights_root, tmp_path):
+    """The foundation's promise with the real network: kill -9 mid-run, --resume, same alpha bit for bit."""
+    import subprocess
+
+    video = make_video(tmp_path / "clip.mp4", width=96, height=80, frames=10, audio=False)
+    mask = make_mask(tmp_path / "m.png", 96, 80)
+    args = ["run", "--input", str(video), "--mask", str(mask), "--weights-dir", str(weights_root),
+            "--outputs", "alpha", "--set", "outputs.alpha_codec=ffv1", "--set", "engine.device=cpu",
+            "--set", "engine.precision=fp32", "--set", "engine.warmup=2", "--set", "runtime.threads=1",
+            "--set", "recovery.segment_frames=3", "-q"]
+    assert run_cli(*args, "--run-dir", str(tmp_path / "whole"), timeout=600).returncode == 0
+    killed = run_cli(*args, "--run-dir", str(tmp_path / "crash"), env={"MATTEPOD_TEST_KILL_AT_FRAME": "7"}, timeout=600)
+    assert killed.returncode == -9
+    resumed = run_cli("run", "--resume", str(tmp_path / "crash"), "-q", timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    def alpha(d):
+        return subprocess.run(["ffmpeg", "-v", "error", "-i", str(d / "clip_alpha.mkv"), "-f", "rawvideo", "-pix_fmt",
+                               "gray16le", "-"], capture_output=True, check=True).stdout
+
+    a, b = alpha(tmp_path / "whole"), alpha(tmp_path / "crash")
+    assert len(a) == 10 * 96 * 80 * 2 and a == b
