@@ -127,6 +127,8 @@ class StereoConfig(_Strict):
                                  description="largest horizontal eye disparity searched, fraction of the eye width")
     max_vertical_offset: float = Field(0.02, ge=0, le=0.2,
                                        description="largest vertical eye offset searched, fraction of the eye height")
+    batch_eyes: bool = Field(True, description="both eyes through the network as one batch of two (false: "
+                             "one by one, less GPU memory)")
 
 
 class RecoveryConfig(_Strict):

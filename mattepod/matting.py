@@ -27,6 +27,7 @@ from mattepod.matanyone import prep
 from mattepod.matanyone.core import CoreConfig, InferenceCore, pad_amounts
 from mattepod.matanyone.loader import load_network
 from mattepod.matanyone.network import MatAnyoneNet
+from mattepod.matanyone import pair as core_pair
 
 STATE_VERSION = 1
 
@@ -80,6 +81,7 @@ class MatAnyoneEngine:
                 for attr in ("pixel_encoder", "mask_encoder", "mask_decoder"):
                     setattr(net, attr, torch.compile(getattr(net, attr), dynamic=False))
         self.net = net
+        self.readout_block_mb = readout_block_mb
         block = readout_block_mb * (1 << 20) // 4
         self.core = InferenceCore(net, CoreConfig(self.cfg.mem_every, self.cfg.max_mem_frames, self.cfg.top_k,
                                                   block_elements=block), autocast_dtype=self.autocast_dtype)
@@ -118,6 +120,20 @@ class MatAnyoneEngine:
         self.frame_hw = tuple(state["frame_hw"])
         self.internal_hw = tuple(state["internal_hw"])
         self.core.set_state(state["core"])
+
+    # -------------------------------------------------------------- pair (VR180 eyes)
+    def twin(self) -> "MatAnyoneEngine":
+        """A second engine on the same network (no second copy of the weights) with its own memory."""
+        other = object.__new__(MatAnyoneEngine)
+        other.cfg, other.device, other.autocast_dtype = self.cfg, self.device, self.autocast_dtype
+        other.net, other.readout_block_mb = self.net, self.readout_block_mb
+        other.core = InferenceCore(self.net, CoreConfig(**vars(self.core.cfg)), autocast_dtype=self.autocast_dtype)
+        other.frame_hw = other.internal_hw = other.last_internal_alpha = None
+        return other
+
+    def make_pair(self) -> "MatAnyonePair":
+        """This engine and its twin, stepped as one batch of two (``MatAnyonePair``)."""
+        return MatAnyonePair(self, self.twin())
 
     # -------------------------------------------------------------- helpers
     def _settings(self) -> dict[str, Any]:
@@ -167,6 +183,42 @@ class MatAnyoneEngine:
         if tuple(alpha.shape) != self.frame_hw:
             alpha = F.interpolate(alpha[None, None], size=self.frame_hw, mode="bilinear", align_corners=False)[0, 0]
         return alpha.clamp(0.0, 1.0).to("cpu", torch.float32).numpy()
+
+
+class MatAnyonePair:
+    """Two ``MatAnyoneEngine`` streams (the eyes of a VR180 frame) on one network, stepped together:
+    the frames go through the network as one batch of two (``mattepod.matanyone.pair``), while each
+    eye keeps its own memory. ``eyes`` are ordinary engines: they can still be stepped one by one
+    (the stereo engine does so when it re-prompts one eye), and their ``get_state``/``set_state`` are
+    those of separate engines, so a resumed run continues bit-identically on either path."""
+
+    def __init__(self, a: MatAnyoneEngine, b: MatAnyoneEngine):
+        if a.net is not b.net:
+            raise ValueError("the two eyes of a MatAnyonePair must share one network (use engine.make_pair())")
+        self.eyes = (a, b)
+
+    def start_pair(self, frames: tuple[np.ndarray, np.ndarray],
+                   masks: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        a, b = self.eyes
+        if frames[0].shape != frames[1].shape:
+            return a.start(frames[0], masks[0]), b.start(frames[1], masks[1])
+        imgs = a._frame(frames[0], starting=True), b._frame(frames[1], starting=True)
+        m = a._mask(masks[0]), b._mask(masks[1])
+        alpha = core_pair.start_pair(a.core, b.core, imgs, m, a.cfg.warmup)
+        return a._alpha(alpha[0]), b._alpha(alpha[1])
+
+    def step_pair(self, frames: tuple[np.ndarray, np.ndarray],
+                  masks: tuple[np.ndarray | None, np.ndarray | None] = (None, None)) -> tuple[np.ndarray, np.ndarray]:
+        """Both eyes' alphas for one stereo frame; a mask on both eyes re-anchors both (a keyframe)."""
+        a, b = self.eyes
+        if masks[0] is not None and masks[1] is not None:
+            return self.start_pair(frames, masks)  # re-anchor: identical to a fresh start on the keyframe
+        if masks[0] is not None or masks[1] is not None or frames[0].shape != frames[1].shape:
+            return a.step(frames[0], masks[0]), b.step(frames[1], masks[1])
+        if a.frame_hw is None or b.frame_hw is None:
+            raise RuntimeError("step_pair() before start_pair()")
+        alpha = core_pair.step_pair(a.core, b.core, (a._frame(frames[0]), b._frame(frames[1])))
+        return a._alpha(alpha[0]), b._alpha(alpha[1])
 
 
 def find_matanyone_weights(model: str, weights_dir: str | Path) -> Path:

@@ -529,6 +529,11 @@ class StereoEngine:
     matting size for 8K inputs. Consistency records (one per frame) collect in ``consistency`` for
     the pipeline to ``drain_consistency()``; ``summary()`` is the running total for metadata.json.
     All of it, inner states included, is in ``get_state`` so a resumed run continues bit-identically.
+
+    ``batch_eyes``: when the inner engine can ``make_pair()`` (MatAnyone), the factory is called once
+    and both eyes share its network and go through it as one batch of two (a frame that re-prompts
+    the slave alone is stepped eye by eye); other engines (``MaskFollowEngine``) get two factory calls.
+    The state layout is the same either way (``master``/``slave`` inner states).
     """
 
     name = "stereo"
@@ -538,7 +543,7 @@ class StereoEngine:
                  reprompt_cooldown: int = 15, max_disparity: float = 0.15, max_vertical_offset: float = 0.02,
                  refine: Refine | None = None,
                  on_consistency: Callable[[dict[str, Any]], None] | None = None,
-                 keep_records: int = 10_000):
+                 keep_records: int = 10_000, batch_eyes: bool = True):
         if master not in ("left", "right"):
             raise ConfigError(f"stereo.master must be left or right, got {master!r}", "set stereo.master")
         if not 0 < scale <= 1:
@@ -555,7 +560,10 @@ class StereoEngine:
         self.max_vertical_offset = float(max_vertical_offset)
         self.refine = refine
         self.on_consistency = on_consistency
-        self.engines = (factory(), factory())  # (master, slave)
+        first = factory()
+        # pair path: an engine that can make a twin on its own network steps both eyes as one batch
+        self.pair = first.make_pair() if batch_eyes and callable(getattr(first, "make_pair", None)) else None
+        self.engines = self.pair.eyes if self.pair is not None else (first, factory())  # (master, slave)
         self.consistency: deque[dict[str, Any]] = deque(maxlen=keep_records)
         self.prompt_points: list = []  # master-eye clicks of the next start/keyframe (for refine)
         self.prompt_box: Box | None = None
@@ -569,7 +577,7 @@ class StereoEngine:
                    consistency_threshold=stereo.consistency_threshold,
                    reprompt_on_drift=stereo.reprompt_on_drift, reprompt_cooldown=stereo.reprompt_cooldown,
                    max_disparity=stereo.max_disparity, max_vertical_offset=stereo.max_vertical_offset,
-                   refine=refine, **kw)
+                   refine=refine, batch_eyes=getattr(stereo, "batch_eyes", True), **kw)
 
     def _reset_state(self) -> None:
         self._frame = -1
@@ -629,7 +637,9 @@ class StereoEngine:
         me_s, se_s = self._down(me), self._down(se)
         mm_s, sm_s = self._down(mm), self._down(slave_mask)
         m_eng, s_eng = self.engines
-        if keyframe:
+        if self.pair is not None:  # start and keyframe alike re-anchor both eyes
+            a_m, a_s = self.pair.step_pair((me_s, se_s), (mm_s, sm_s))
+        elif keyframe:
             a_m, a_s = m_eng.step(me_s, mask=mm_s), s_eng.step(se_s, mask=sm_s)
         else:
             a_m, a_s = m_eng.start(me_s, mm_s), s_eng.start(se_s, sm_s)
@@ -655,8 +665,11 @@ class StereoEngine:
         me, se = self._eyes(frame)
         me_s, se_s = self._down(me), self._down(se)
         m_eng, s_eng = self.engines
-        a_m = m_eng.step(me_s)
         reprompted = False
+        if self.pair is not None and not self._pending:
+            a_m, a_s = self.pair.step_pair((me_s, se_s))
+            return self._finish(a_m, a_s, me.shape[:2], reprompted=False, prompted=False)
+        a_m = m_eng.step(me_s)  # the slave's re-prompt needs the master's matte first: one by one
         if self._pending:
             sm = self._reprompt_mask(me_s, se_s, a_m)
             if sm is not None:

@@ -145,7 +145,9 @@ class InferenceCore:
         if self.pad is not None and self.pad != pad:
             raise ValueError("frame size changed mid-stream; call start() again")
         self.pad = pad
-        img = F.pad(image.to(self.device, torch.float32), pad).unsqueeze(0)
+        img = F.pad(image.to(self.device, torch.float32), pad)
+        if img.dim() == 3:
+            img = img.unsqueeze(0)  # one stream; the pair path passes (2, 3, H, W)
         ms, pix_feat, key, shrinkage, selection = self.net.encode_image(img)
         for name, t in zip(("f16", "f8", "f4", "f2", "f1"), ms):
             self._rec(name, t)
@@ -159,7 +161,9 @@ class InferenceCore:
         return prob[..., t:h - b, l:w - r]
 
     def _output(self, alpha_padded: torch.Tensor) -> torch.Tensor:
-        alpha = self._unpad(alpha_padded[0, 0]).float()
+        alpha = self._unpad(alpha_padded[:, 0]).float()
+        if alpha.shape[0] == 1:
+            alpha = alpha[0]  # (H, W) for one stream, (B, H, W) for a merged pair
         if self.trace is not None:
             self._rec("step_output", torch.stack([1 - alpha, alpha]))
         return alpha
@@ -168,7 +172,8 @@ class InferenceCore:
         """Encode (frame, mask) and store it: working memory, object memory, sensory, mask value."""
         st = self.state
         if st.sensory is None:
-            st.sensory = torch.zeros((1, 1, _sensory_dim(self.net), *f.key.shape[-2:]), device=self.device)
+            st.sensory = torch.zeros((f.key.shape[0], 1, _sensory_dim(self.net), *f.key.shape[-2:]),
+                                     device=self.device)
         self._rec("mask_encoder_in_sensory", st.sensory)
         self._rec("mask_encoder_in_masks", mask)
         value, sensory, summaries = self.net.encode_mask(f.image, f.pix_feat, st.sensory, mask,
@@ -186,7 +191,8 @@ class InferenceCore:
     def _mask_step(self, f: _Feats, mask255: torch.Tensor) -> torch.Tensor:
         st = self.state
         st.curr_ti += 1
-        m = F.pad(mask255.to(self.device, torch.float32), self.pad).unsqueeze(0).unsqueeze(0) / 255.0
+        m = F.pad(mask255.to(self.device, torch.float32), self.pad)
+        m = (m.unsqueeze(0) if m.dim() == 2 else m).unsqueeze(1) / 255.0  # (B, 1, H, W)
         st.last_mask = m
         st.last_pix_feat = f.pix_feat
         self._add_memory(f, m)
