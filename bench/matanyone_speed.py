@@ -5,6 +5,12 @@ Prints one JSON line. Weights: ``--weights PATH`` (real checkpoint folder or fil
 reference weights are generated (speed does not depend on the weight values).
 
     python bench/matanyone_speed.py [--sizes 480p,1080p] [--steps 5] [--threads 2] [--skip-golden]
+
+``--pair`` instead times the VR180 eye pair (one JSON line): ms per eye pair with two separate cores
+stepped one after the other vs the pair path (``mattepod.matanyone.pair``: one batch of two), on the
+CPU at ``--pair-sizes`` (per eye, HxW; tiny by default) and on a GPU when there is one:
+
+    python bench/matanyone_speed.py --pair [--pair-sizes 80x96,240x320] [--steps 8] [--threads 1]
 """
 
 from __future__ import annotations
@@ -100,6 +106,68 @@ def time_size(net, dev, hw, dtype, steps) -> dict:
     return out
 
 
+def time_pair(net, dev, hw, dtype, steps) -> dict:
+    """ms per eye pair: separate cores one after the other vs the pair path, interleaved frame by
+    frame (both see the same machine load), and the largest alpha difference between them."""
+    from mattepod.matanyone import pair as core_pair
+
+    def tensor(f):
+        return torch.from_numpy(f).to(dev).permute(2, 0, 1).float() / 255.0
+
+    # the right eye: the same scene a few pixels to the side (t shifts the synthetic subject)
+    clip = [(synthetic(*hw, t), synthetic(*hw, t + 3)) for t in range(steps + 1)]
+    sep = (InferenceCore(net, CoreConfig(), autocast_dtype=dtype), InferenceCore(net, CoreConfig(), autocast_dtype=dtype))
+    pr = (InferenceCore(net, CoreConfig(), autocast_dtype=dtype), InferenceCore(net, CoreConfig(), autocast_dtype=dtype))
+    (l0, ml), (r0, mr) = clip[0]
+    imgs = (tensor(l0), tensor(r0))
+    masks = (torch.from_numpy(ml).to(dev) * 255, torch.from_numpy(mr).to(dev) * 255)
+    for core, img, m in zip(sep, imgs, masks):
+        core.start(img, m, warmup=0)
+    core_pair.start_pair(*pr, imgs, masks, 0)
+    t_sep, t_pair, c_sep, c_pair, diff = [], [], [], [], 0.0
+    for (left, _), (right, _) in clip[1:]:
+        x = (tensor(left), tensor(right))
+        sync(dev)
+        t0, c0 = time.perf_counter(), time.process_time()
+        a = (sep[0].step(x[0]), sep[1].step(x[1]))
+        sync(dev)
+        t1, c1 = time.perf_counter(), time.process_time()
+        b = core_pair.step_pair(*pr, x)
+        sync(dev)
+        t2, c2 = time.perf_counter(), time.process_time()
+        t_sep.append(t1 - t0)
+        t_pair.append(t2 - t1)
+        c_sep.append(c1 - c0)
+        c_pair.append(c2 - c1)
+        diff = max(diff, max(float((p - q).abs().max()) for p, q in zip(a, b)))
+    med = lambda v: statistics.median(v[1:] if len(v) > 2 else v)  # noqa: E731 (first step warms up)
+    out = {"hw_per_eye": list(hw), "steps": len(t_sep), "separate_ms_per_pair": round(med(t_sep) * 1000, 2),
+           "pair_ms_per_pair": round(med(t_pair) * 1000, 2), "speedup": round(med(t_sep) / med(t_pair), 3),
+           "max_abs_alpha_diff": diff}
+    if dev.type == "cpu":
+        out["separate_cpu_ms_per_pair"] = round(med(c_sep) * 1000, 2)
+        out["pair_cpu_ms_per_pair"] = round(med(c_pair) * 1000, 2)
+    return out
+
+
+def pair_main(a, net) -> None:
+    result = {"bench": "matanyone_pair", "torch": torch.__version__,
+              "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+              "cpu_fp32": {}, "gpu": None}
+    sizes = [tuple(int(v) for v in s.split("x")) for s in filter(None, a.pair_sizes.split(","))]
+    for hw in sizes:
+        result["cpu_fp32"]["x".join(map(str, hw))] = time_pair(net, torch.device("cpu"), hw, None, a.steps)
+    if torch.cuda.is_available():
+        dev = torch.device("cuda")
+        gnet = net.to(dev).to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+        g = {"name": torch.cuda.get_device_name(dev), "sizes": {}}
+        for size in filter(None, a.gpu_sizes.split(",")):
+            g["sizes"][f"{size}_fp16"] = time_pair(gnet, dev, SIZES[size], torch.float16, max(a.steps, 8))
+        result["gpu"] = g
+    print(json.dumps(result))
+
+
 def golden_timings(net, threads: int, repeats: int) -> dict:
     """Each golden case timed like README section 7: the official call sequence step by step
     (features recomputed per step), and our engine path (start with cached warm-up features)."""
@@ -178,10 +246,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-golden", action="store_true")
     ap.add_argument("--skip-cpu-sizes", action="store_true")
+    ap.add_argument("--pair", action="store_true", help="time the VR180 eye pair: separate vs one batch of two")
+    ap.add_argument("--pair-sizes", default="80x96,240x320", help="eye sizes (HxW) of --pair on the CPU")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     net = get_net(a.weights)
+    if a.pair:
+        pair_main(a, net)
+        return
     result = {"bench": "matanyone_speed", "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
               "threads": torch.get_num_threads(), "cpu_sizes": {}, "gpu": None}
     cpu = torch.device("cpu")
