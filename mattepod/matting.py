@@ -12,6 +12,8 @@ them; users fetch them with ``scripts/download_models.py`` (see ``mattepod.weigh
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -124,10 +126,8 @@ class MatAnyoneEngine:
     # -------------------------------------------------------------- pair (VR180 eyes)
     def twin(self) -> "MatAnyoneEngine":
         """A second engine on the same network (no second copy of the weights) with its own memory."""
-        other = object.__new__(MatAnyoneEngine)
-        other.cfg, other.device, other.autocast_dtype = self.cfg, self.device, self.autocast_dtype
-        other.net, other.readout_block_mb = self.net, self.readout_block_mb
-        other.core = InferenceCore(self.net, CoreConfig(**vars(self.core.cfg)), autocast_dtype=self.autocast_dtype)
+        other = copy.copy(self)  # settings and the (possibly compiled) network shared; not __init__ again
+        other.core = InferenceCore(self.net, dataclasses.replace(self.core.cfg), autocast_dtype=self.autocast_dtype)
         other.frame_hw = other.internal_hw = other.last_internal_alpha = None
         return other
 

@@ -15,10 +15,15 @@ pair path only changes how the network is called. Per step:
 
 The batch rows never mix (every op is per sample), so results equal the separate path up to float
 rounding of batched kernels. The cost is a copy of the two memories into one per step (small next to
-the readout that reads them) and twice the per-step activation memory: ``stereo.batch_eyes`` turns it off.
+the readout that reads them) and twice the per-step activation memory (the readout's similarity block is
+halved per row, so that one stays the size of a single stream's): ``stereo.batch_eyes`` turns it off.
+Under ``torch.compile`` (CUDA, ``engine.compile``) the encoder/decoder get a graph for batch 2 and, for
+out-of-phase or single-eye steps, one for batch 1.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
@@ -72,7 +77,9 @@ def split_state(st: StreamState, row: int, max_mem_frames: int) -> StreamState:
 
 
 def _merged_core(a: InferenceCore) -> InferenceCore:
-    core = InferenceCore(a.net, a.cfg, autocast_dtype=a.autocast_dtype)
+    # half the readout block per row: the similarity block of the batch stays that of one stream
+    cfg = dataclasses.replace(a.cfg, block_elements=max(1, a.cfg.block_elements // 2))
+    core = InferenceCore(a.net, cfg, autocast_dtype=a.autocast_dtype)
     core.pad = a.pad
     return core
 
