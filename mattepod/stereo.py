@@ -520,8 +520,8 @@ def eye_consistency(alpha_master: np.ndarray, alpha_slave: np.ndarray, *, dy0: f
 class StereoEngine:
     """Engine over full stereo frames: one inner engine per eye, stepped in lockstep.
 
-    ``factory()`` makes an inner engine (called twice, or once on the pair path: see ``batch_eyes``). ``start(frame, mask)`` takes the prompt mask
-    of the full frame; its master-eye half is the prompt (if the slave half is also drawn, it is
+    ``factory()`` makes an inner engine (called twice, or once on the pair path: see ``batch_eyes``).
+    ``start(frame, mask)`` takes the prompt mask of the full frame; its master-eye half is the prompt (if the slave half is also drawn, it is
     used as given, else the master half is moved to the slave eye by the subject's disparity and,
     with ``refine``, refined there). ``step`` returns the merged full-frame alpha.
 
