@@ -13,6 +13,7 @@ spilling alphas to disk in chunks; the forward pass then emits frames in normal 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import platform
@@ -532,14 +533,14 @@ def _stereo_engine(cfg: Config, info: MediaInfo, factory: Callable[[Config], Eng
     from mattepod.stereo import StereoEngine, detect_layout
 
     layout = detect_layout(info.path, info.width, info.height, info.side_data, tags=info.tags, config=cfg.stereo)
-    refine = None
-    if spec.points or spec.box:
-        def refine(eye: np.ndarray, points: Any, box: Any) -> np.ndarray:
-            from mattepod.sam import get_prompter
+    def sam2_refine(eye: np.ndarray, points: Any, box: Any) -> np.ndarray:
+        from mattepod.sam import get_prompter
 
-            prompter = get_prompter(cfg.prompt.sam2_model, cfg.resolved_weights_dir(), _device(cfg))
-            return prompter.mask_for(eye, list(points or []), box)
-    engine = StereoEngine.from_config(lambda: factory(cfg), layout, cfg.stereo, scale=cfg.scale, refine=refine)
+        prompter = get_prompter(cfg.prompt.sam2_model, cfg.resolved_weights_dir(), _device(cfg))
+        return prompter.mask_for(eye, list(points or []), box)
+
+    engine = StereoEngine.from_config(lambda: factory(cfg), layout, cfg.stereo, scale=cfg.scale,
+                                      refine=sam2_refine if spec.points or spec.box else None)
     if spec.points or spec.box:
         from mattepod.stereo import to_eye_coords
 
@@ -560,8 +561,6 @@ def _stereo_engine(cfg: Config, info: MediaInfo, factory: Callable[[Config], Eng
 
 
 def _log_consistency(engine: Any, out: Any, i: int, k: int) -> None:
-    import json
-
     for rec in engine.drain_consistency():
         rec = dict(rec)
         rec["frame"] = i
@@ -569,11 +568,10 @@ def _log_consistency(engine: Any, out: Any, i: int, k: int) -> None:
 
 
 def _flagged(path: Path) -> list[int]:
-    import json
-
     if not path.is_file():
         return []
-    return [json.loads(line)["frame"] for line in path.read_text().splitlines() if '"flagged": true' in line]
+    recs = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return [r["frame"] for r in recs if r.get("flagged")]
 
 
 def _free_prompt_models() -> None:

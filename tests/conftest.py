@@ -53,6 +53,19 @@ def run_cli(*args: str, env: dict | None = None, check: bool = False, **kw) -> s
     return res
 
 
+def whole_crash_resume(args: list[str], tmp_path: Path, kill_at: int, timeout: int = 600) -> tuple[Path, Path]:
+    """Run ``args`` uninterrupted into tmp/whole, and into tmp/crash with a SIGKILL after ``kill_at`` frames
+    followed by ``--resume``; returns both run folders (the resume promise: their outputs must be equal)."""
+    whole, crash = tmp_path / "whole", tmp_path / "crash"
+    res = run_cli(*args, "--run-dir", str(whole), timeout=timeout)
+    assert res.returncode == 0, res.stderr[-2000:]
+    killed = run_cli(*args, "--run-dir", str(crash), env={"MATTEPOD_TEST_KILL_AT_FRAME": str(kill_at)}, timeout=timeout)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = run_cli("run", "--resume", str(crash), "-q", timeout=timeout)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    return whole, crash
+
+
 def decode(path: Path, pix_fmt: str = "gray16le") -> np.ndarray:
     """All frames of a (small, test) video as an array, via ffmpeg."""
     info = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",

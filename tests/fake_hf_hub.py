@@ -18,12 +18,22 @@ from __future__ import annotations
 
 import hashlib
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LFS_THRESHOLD = 1024  # bytes; the real hub stores large and binary files in LFS/Xet
+
+
+def closed_endpoint() -> str:
+    """A loopback URL nothing listens on: an unreachable hub (connection refused at once)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}"
 
 
 def git_blob_sha1(data: bytes) -> str:

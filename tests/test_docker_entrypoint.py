@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from fake_hf_hub import FakeHub, FakeRepo
+from fake_hf_hub import FakeHub, FakeRepo, closed_endpoint
 
 from mattepod.weights import Model, WeightFile, manifest_to_dict
 
@@ -77,14 +76,6 @@ def app_runs(box: dict) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def closed_port() -> str:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return f"http://127.0.0.1:{port}"
-
-
 def test_first_start_downloads_verifies_and_execs_the_app(box, hub):
     proc, out, err = run(box)
     assert proc.returncode == 0, err
@@ -139,14 +130,14 @@ def test_two_containers_sharing_a_volume_download_once(box, hub):
 
 def test_unreachable_hub_with_weights_present_starts(box, hub):
     assert run(box)[0].returncode == 0
-    proc, out, err = run(box, HF_ENDPOINT=closed_port())
+    proc, out, err = run(box, HF_ENDPOINT=closed_endpoint())
     assert proc.returncode == 0 and "APP STARTED" in out, err
-    proc, out, err = run(box, HF_ENDPOINT=closed_port(), HF_HUB_OFFLINE="1")
+    proc, out, err = run(box, HF_ENDPOINT=closed_endpoint(), HF_HUB_OFFLINE="1")
     assert proc.returncode == 0 and "APP STARTED" in out, err
 
 
 def test_unreachable_hub_without_weights_fails_loudly(box):
-    proc, out, err = run(box, HF_ENDPOINT=closed_port())
+    proc, out, err = run(box, HF_ENDPOINT=closed_endpoint())
     assert proc.returncode == 6
     assert "APP STARTED" not in out and app_runs(box) == []
     assert "[weights] ERROR: cannot download org/net/config.json" in err

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 from pathlib import Path
 
 import pytest
-from fake_hf_hub import FakeHub, FakeRepo
+from fake_hf_hub import FakeHub, FakeRepo, closed_endpoint
 
 from mattepod.download import RECORD_NAME, Settings, ensure_model, read_record
 from mattepod.errors import WeightsError
@@ -34,12 +33,13 @@ def settings(tmp_path: Path, hub: FakeHub | None, **kw) -> Settings:
                     backoff=kw.pop("backoff", 0.01), **kw)
 
 
-def closed_port_endpoint() -> str:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return f"http://127.0.0.1:{port}"
+def hand_copied(s) -> "Path":
+    """Both files of the test model copied into the weights folder by hand (no download)."""
+    folder = s.weights_dir / "net"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_bytes(CFG)
+    (folder / "net.safetensors").write_bytes(BIG)
+    return folder
 
 
 def test_first_run_downloads_and_verifies_second_run_makes_no_request(tmp_path, hub):
@@ -137,18 +137,15 @@ def test_offline_uses_verified_files_and_refuses_missing_ones(tmp_path, hub):
 
 
 def test_unreachable_hub_without_weights_fails_with_the_path_to_fill(tmp_path):
-    s = settings(tmp_path, None, endpoint=closed_port_endpoint(), retries=1)
+    s = settings(tmp_path, None, endpoint=closed_endpoint(), retries=1)
     with pytest.raises(WeightsError, match=r"cannot download org/net/config.json .* after 2 tries") as info:
         ensure_model(model(), s, log=lambda m: None)
     assert "copy the file to" in str(info.value)
 
 
 def test_unreachable_hub_keeps_present_unverified_files_with_a_warning(tmp_path):
-    s = settings(tmp_path, None, endpoint=closed_port_endpoint())
-    folder = s.weights_dir / "net"
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_bytes(CFG)
-    (folder / "net.safetensors").write_bytes(BIG)
+    s = settings(tmp_path, None, endpoint=closed_endpoint())
+    folder = hand_copied(s)
     logs: list[str] = []
     results = ensure_model(model(), s, log=logs.append)
     assert [r.status for r in results] == ["unverified", "unverified"]
@@ -169,11 +166,8 @@ def test_settings_from_env(tmp_path):
 
 
 def test_hand_copied_files_with_manifest_pins_need_no_network_and_are_stamped(tmp_path):
-    s = settings(tmp_path, None, endpoint=closed_port_endpoint())
-    folder = s.weights_dir / "net"
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_bytes(CFG)
-    (folder / "net.safetensors").write_bytes(BIG)
+    s = settings(tmp_path, None, endpoint=closed_endpoint())
+    folder = hand_copied(s)
     pinned = Model("net", "org/net", (WeightFile("config.json", hashlib.sha256(CFG).hexdigest()),
                                       WeightFile("net.safetensors", hashlib.sha256(BIG).hexdigest(), len(BIG))))
     assert [r.status for r in ensure_model(pinned, s, log=lambda m: None)] == ["verified", "verified"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_mask, make_video, run_cli
+from conftest import decode, make_mask, make_video, run_cli, whole_crash_resume
 from matanyone_common import case_dir, need_reference, read_grey, read_rgb, write_weights
 from matanyone_common import one_thread  # noqa: F401 (fixture)
 from mattepod.config import EngineConfig
@@ -236,23 +236,12 @@ def test_cli_run_with_the_matanyone_engine(weights_root, tmp_path):
 @pytest.mark.slow
 def test_cli_kill_9_and_resume_with_matanyone_is_bit_identical(weights_root, tmp_path):
     """The foundation's promise with the real network: kill -9 mid-run, --resume, same alpha bit for bit."""
-    import subprocess
-
     video = make_video(tmp_path / "clip.mp4", width=96, height=80, frames=10, audio=False)
     mask = make_mask(tmp_path / "m.png", 96, 80)
     args = ["run", "--input", str(video), "--mask", str(mask), "--weights-dir", str(weights_root),
             "--outputs", "alpha", "--set", "outputs.alpha_codec=ffv1", "--set", "engine.device=cpu",
             "--set", "engine.precision=fp32", "--set", "engine.warmup=2", "--set", "runtime.threads=1",
             "--set", "recovery.segment_frames=3", "-q"]
-    assert run_cli(*args, "--run-dir", str(tmp_path / "whole"), timeout=600).returncode == 0
-    killed = run_cli(*args, "--run-dir", str(tmp_path / "crash"), env={"MATTEPOD_TEST_KILL_AT_FRAME": "7"}, timeout=600)
-    assert killed.returncode == -9
-    resumed = run_cli("run", "--resume", str(tmp_path / "crash"), "-q", timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-
-    def alpha(d):
-        return subprocess.run(["ffmpeg", "-v", "error", "-i", str(d / "clip_alpha.mkv"), "-f", "rawvideo", "-pix_fmt",
-                               "gray16le", "-"], capture_output=True, check=True).stdout
-
-    a, b = alpha(tmp_path / "whole"), alpha(tmp_path / "crash")
-    assert len(a) == 10 * 96 * 80 * 2 and a == b
+    whole, crash = whole_crash_resume(args, tmp_path, kill_at=7)
+    a, b = decode(whole / "clip_alpha.mkv"), decode(crash / "clip_alpha.mkv")
+    assert a.shape == (10, 80, 96) and np.array_equal(a, b)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import cv2
@@ -12,8 +11,8 @@ import pytest
 
 from mattepod import config, pipeline
 from mattepod.engine import MaskFollowEngine
-from mattepod.errors import MaskError, RunStateError
-from tests.conftest import SHARED, decode, make_mask, make_video, run_cli, stream_info
+from mattepod.errors import RunStateError
+from tests.conftest import SHARED, decode, make_mask, make_video, run_cli, stream_info, whole_crash_resume
 
 
 def _cfg(tmp_path: Path, clip: Path, mask: Path, **over) -> config.Config:
@@ -77,16 +76,13 @@ def test_ffv1_alpha_is_lossless_16bit(tmp_path, clip, mask):
 def test_kill_9_then_resume_is_bit_identical(tmp_path, clip, mask):
     args = ["run", "--input", str(clip), "--mask", str(mask), "--engine", "mask", "--outputs", "alpha,alpha16",
             "--set", "outputs.alpha_codec=ffv1", "--set", "recovery.segment_frames=5", "-q"]
-    whole = run_cli(*args, "--run-dir", str(tmp_path / "whole"), check=True)
-    assert "completed" in whole.stdout
-    crashed = run_cli(*args, "--run-dir", str(tmp_path / "crash"), env={"MATTEPOD_TEST_KILL_AT_FRAME": "13"})
+    crashed = run_cli(*args, "--run-dir", str(tmp_path / "killed"), env={"MATTEPOD_TEST_KILL_AT_FRAME": "13"})
     assert crashed.returncode == -9
-    meta = json.loads((tmp_path / "crash" / "metadata.json").read_text())
-    assert meta["status"] == "running" and not (tmp_path / "crash" / "clip_alpha.mkv").exists()
-    again = run_cli(*args, "--run-dir", str(tmp_path / "crash"))
+    meta = json.loads((tmp_path / "killed" / "metadata.json").read_text())
+    assert meta["status"] == "running" and not (tmp_path / "killed" / "clip_alpha.mkv").exists()
+    again = run_cli(*args, "--run-dir", str(tmp_path / "killed"))
     assert again.returncode == RunStateError.exit_code and "--resume" in again.stderr
-    resumed = run_cli("run", "--resume", str(tmp_path / "crash"), "-q", check=True)
-    assert "completed" in resumed.stdout
+    whole_crash_resume(args, tmp_path, kill_at=13)
     assert np.array_equal(decode(tmp_path / "crash" / "clip_alpha.mkv"), decode(tmp_path / "whole" / "clip_alpha.mkv"))
     assert np.array_equal(_alpha16(tmp_path / "crash"), _alpha16(tmp_path / "whole"))
     # A completed run is never touched again.
@@ -214,7 +210,7 @@ def test_real_clip_end_to_end(tmp_path):
     clip = SHARED / "data" / "person-720p-79f.mp4"
     if not clip.is_file():
         pytest.skip("../shared/data is missing (real test clips live beside the repo)")
-    res = run_cli("run", "--input", str(clip), "--mask", str(SHARED / "data" / "person-720p-79f.mask.png"),
+    run_cli("run", "--input", str(clip), "--mask", str(SHARED / "data" / "person-720p-79f.mask.png"),
                   "--engine", "mask", "-o", str(tmp_path / "o"), "--outputs", "alpha,green", "-q", check=True)
     run_dir = next((tmp_path / "o").iterdir())
     for name in ("person-720p-79f_alpha.mp4", "person-720p-79f_green.mp4"):

@@ -214,7 +214,7 @@ def test_cli_vr180_matanyone_pair_kill_9_resume_and_switch(weights_root, tmp_pat
 
     import cv2
 
-    from tests.conftest import run_cli
+    from tests.conftest import run_cli, whole_crash_resume
 
     frames = 10
     path = tmp_path / "clip_LR_180.mp4"
@@ -229,11 +229,7 @@ def test_cli_vr180_matanyone_pair_kill_9_resume_and_switch(weights_root, tmp_pat
             "--mode", "vr180", "--outputs", "alpha", "--set", "outputs.alpha_codec=ffv1", "--set", "engine.device=cpu",
             "--set", "engine.precision=fp32", "--set", "engine.warmup=1", "--set", "runtime.threads=1",
             "--set", "recovery.segment_frames=3", "-q"]
-    assert run_cli(*args, "--run-dir", str(tmp_path / "whole"), timeout=600).returncode == 0
-    killed = run_cli(*args, "--run-dir", str(tmp_path / "crash"), env={"MATTEPOD_TEST_KILL_AT_FRAME": "7"}, timeout=600)
-    assert killed.returncode == -9
-    resumed = run_cli("run", "--resume", str(tmp_path / "crash"), "-q", timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    whole_crash_resume(args, tmp_path, kill_at=7)
     off = run_cli(*args, "--set", "stereo.batch_eyes=false", "--run-dir", str(tmp_path / "off"), timeout=600)
     assert off.returncode == 0, off.stderr[-2000:]
 
