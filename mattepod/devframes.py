@@ -188,17 +188,25 @@ def upsample_alpha(alpha: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
 
 
 def over(frame: torch.Tensor, alpha: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
-    """frame*alpha + background*(1-alpha) -> uint8 (H, W, 3); background a colour (3,) or (H, W, 3)."""
-    a = alpha.float()[..., None]
-    f = frame.float()
+    """frame*alpha + background*(1-alpha) -> uint8 (H, W, 3); background a colour (3,) or (H, W, 3).
+
+    Computed on rows of W*3 interleaved samples (the alpha repeated per channel): broadcasting a last
+    axis of 3 is several times slower in torch on the CPU than the numpy code this replaces.
+    """
+    h, w = alpha.shape[-2:]
+    a = alpha.float()[..., None].expand(h, w, 3).reshape(h, w * 3)
+    f = frame.reshape(h, w * 3).to(torch.float32, copy=True)
     if frame.dtype != torch.uint8:
         f = f / 257.0
-    out = f * a + background.float() * (1.0 - a)
-    return (out + 0.5).clamp_(0, 255).to(torch.uint8)
+    bg = background.float()
+    bg = bg.repeat(w) if bg.dim() == 1 else bg.reshape(h, w * 3)
+    out = f.mul_(a).add_(bg * (1.0 - a))
+    return out.add_(0.5).clamp_(0, 255).to(torch.uint8).reshape(h, w, 3)
 
 
 def alpha16(alpha: torch.Tensor) -> torch.Tensor:
-    return torch.round(alpha.float() * 65535.0).to(torch.int32).to(torch.uint16)
+    a = (alpha.float() * 65535.0).round_()
+    return (a.to(torch.int32) if a.is_cuda else a).to(torch.uint16)
 
 
 def alpha8(alpha: torch.Tensor) -> torch.Tensor:
