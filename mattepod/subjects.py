@@ -48,6 +48,105 @@ def check_name(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# config -> one plan per subject
+
+PALETTE = ("#FF4040", "#40A0FF", "#40D060", "#FFC020", "#C060FF", "#20D0D0", "#FF80C0", "#A0A0A0")
+
+
+@dataclass
+class SubjectPlan:
+    """A subject as the run sees it: its prompt, its keyframes (by frame) and its colour."""
+
+    name: str
+    prompt: Any  # prompts.PromptSpec
+    keyframes: dict[int, Any]
+    color: str
+
+
+def plans_from_config(cfg: Any) -> list[SubjectPlan]:
+    """``prompt.subjects`` (a ``PromptConfig``) as plans. Subjects share the prompt's ``normalized``,
+    ``sam2_model`` and ``person_min_score``; ``auto_person`` picks the ``person_rank``-th largest person."""
+    from mattepod.prompts import PromptSpec
+
+    out = []
+    for i, s in enumerate(cfg.subjects):
+        person = {"person_select": "rank", "person_count": s.person_rank, "person_min_score": cfg.person_min_score}
+        main = PromptSpec(frame=cfg.frame if s.frame is None else s.frame, points=[(p.x, p.y, p.label) for p in s.points],
+                          box=tuple(s.box) if s.box is not None else None, mask=s.mask, normalized=cfg.normalized,
+                          auto_person=s.auto_person, **person)
+        keys = {k.frame: PromptSpec(frame=k.frame, points=[(p.x, p.y, p.label) for p in k.points],
+                                    box=tuple(k.box) if k.box is not None else None, mask=k.mask,
+                                    normalized=cfg.normalized, auto_person=k.auto_person, keyframe=True, **person)
+                for k in s.keyframes}
+        out.append(SubjectPlan(s.name, main, dict(sorted(keys.items())), s.color or PALETTE[i % len(PALETTE)]))
+    return out
+
+
+SUBJECT_ARG_HELP = ('NAME[@FRAME]:points=x,y,l;x,y,l | box=x0,y0,x1,y1 | mask=FILE | person=RANK '
+                    '[:color=#RRGGBB]; the first flag of a NAME is its prompt, later ones (@FRAME) its keyframes')
+
+
+def parse_subject_args(items: Sequence[str]) -> list[dict[str, Any]]:
+    """``--subject`` flags -> ``prompt.subjects`` entries (see ``SUBJECT_ARG_HELP``). ``points`` and
+    ``box`` may be combined (``a:box=...:points=...``); ``mask=`` takes the rest of the flag as the path."""
+    from mattepod.errors import ConfigError
+    from mattepod.prompts import parse_box, parse_points
+
+    fix = 'write --subject "alice:points=640,360,1" or --subject "bob@40:mask=bob40.png"'
+    subjects: dict[str, dict[str, Any]] = {}
+    for item in items:
+        head, sep, rest = item.partition(":")
+        name, at, frame_txt = head.partition("@")
+        if not sep or not rest:
+            raise ConfigError(f"--subject {item!r} has no prompt after NAME:", fix)
+        try:
+            check_name(name)
+            frame = int(frame_txt) if at else None
+            if frame is not None and frame < 0:
+                raise ValueError(f"frame {frame} is negative")
+        except ValueError as exc:
+            raise ConfigError(f"--subject {item!r}: {exc}", fix) from None
+        entry: dict[str, Any] = {}
+        color = None
+        while rest:
+            kind, eq, value = rest.partition("=")
+            if not eq:
+                raise ConfigError(f"--subject {item!r}: {kind!r} is not KIND=VALUE", fix)
+            if kind == "mask":
+                entry["mask"], rest = value, ""
+                continue
+            value, _, rest = value.partition(":")
+            if kind == "points":
+                entry["points"] = [{"x": x, "y": y, "label": lab} for x, y, lab in parse_points(value)]
+            elif kind == "box":
+                entry["box"] = list(parse_box(value))
+            elif kind == "person":
+                if not value.isdigit() or int(value) < 1:
+                    raise ConfigError(f"--subject {item!r}: person={value} is not a rank 1, 2, ...", fix)
+                entry["auto_person"] = True
+                if int(value) > 1 or name not in subjects:
+                    entry["person_rank"] = int(value)
+            elif kind == "color":
+                color = value
+            else:
+                raise ConfigError(f"--subject {item!r}: unknown {kind!r}", "use points=, box=, mask=, person=, color=")
+        if name not in subjects:
+            subjects[name] = {"name": name, **({"frame": frame} if frame is not None else {}), **entry,
+                              **({"color": color} if color else {})}
+        else:
+            if frame is None:
+                raise ConfigError(f"--subject {item!r}: {name} already has its prompt; a keyframe needs @FRAME", fix)
+            entry.pop("person_rank", None)  # keyframes share the subject's person selection
+            subjects[name].setdefault("keyframes", []).append({"frame": frame, **entry})
+    return list(subjects.values())
+
+
+def person_subjects(count: int) -> list[dict[str, Any]]:
+    """``--auto-person --person-count N``: person1..N, the largest detected person first."""
+    return [{"name": f"person{i}", "auto_person": True, "person_rank": i} for i in range(1, count + 1)]
+
+
+# ---------------------------------------------------------------------------------------------
 # alphas of several subjects -> exclusion, union, ID map (numpy; the pipeline's outputs use these)
 
 def exclude(alphas: np.ndarray) -> np.ndarray:
