@@ -4,6 +4,7 @@
     python -m mattepod run my.yaml --input clip.mp4 --mask mask.png --output-dir output/
     python -m mattepod run my.yaml --dry-run
     python -m mattepod run --resume output/clip_20260101-120000
+    python -m mattepod eval --pred output/clip_20260101-120000 --gt gt_pngs/ [--json]
 """
 
 from __future__ import annotations
@@ -82,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="validate, probe the input, print the plan; write nothing")
     r.add_argument("--progress-json", action="store_true", help="one JSON progress line per update on stdout")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    e = sub.add_parser("eval", help="matting quality of a matte against a ground truth (MAD, MSE, Grad, Conn, dtSSD)")
+    e.add_argument("--pred", required=True, help="run folder, matte PNG folder or alpha video")
+    e.add_argument("--gt", required=True, help="ground-truth matte PNG folder or video")
+    e.add_argument("--json", action="store_true", help="print the whole report (per-frame too) as one JSON object")
+    e.add_argument("--depth", choices=["field", "native"], default="field",
+                   help="field: frames read as 8-bit grey like the published evaluations; native: full precision")
+    e.add_argument("--gt-start", type=int, default=0, help="ground-truth frame compared with the first prediction frame")
+    e.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     return p
 
 
@@ -143,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(config_mod.render_yaml())
             print(f"wrote {path}")
             return 0
+        if args.command == "eval":
+            from mattepod.quality import eval_command
+
+            return eval_command(args.pred, args.gt, as_json=args.json, depth=args.depth, gt_start=args.gt_start,
+                                quiet=args.quiet)
         if args.command != "run":
             parser.print_help()
             return 2
