@@ -499,7 +499,7 @@ class Run:
                 self.keyframes.setdefault(f, auto_spec(self.cfg.prompt, f))
         self.outs = OutputSet(self.run_dir, Path(self.info.path).stem, self.info.width, self.info.height,
                               self.info.fps, self.cfg.outputs, self.encoders, self.layout, self.cfg.stereo.fov,
-                              self.info.color)
+                              self.info.color, device=device(self.cfg))
 
     @property
     def run_dir(self) -> Path:
