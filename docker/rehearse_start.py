@@ -139,11 +139,10 @@ class Container:
 
 def pid1(proc: subprocess.Popen) -> int:
     """The host PID of the namespace's PID 1 (unshare --fork's child: tini)."""
-    for _ in range(50):
-        kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-        text = kids.read_text().split() if kids.exists() else []
-        if text:
-            return int(text[0])
+    for _ in range(100):
+        kids = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        if kids:
+            return int(kids[0])
         time.sleep(0.1)
     raise StartError("the container's PID 1 did not appear")
 
