@@ -136,7 +136,7 @@ log "sizes: base ${base_mb} MB, ui ${ui_mb} MB, serverless ${sls_mb} MB"
 step="start"
 for target in ui serverless; do
     image="localhost/mattepod-rehearse:$target"
-    podman "${store[@]}" image inspect --format '{{json .Config}}' "$image" >"$work/$target.config.json"
+    podman "${store[@]}" image inspect "$image" >"$work/$target.inspect.json"
     mnt="$(podman "${store[@]}" image mount "$image")"
     printf '%s\n' "$mnt" >"$work/$target.mount"
 done

@@ -256,6 +256,18 @@ def check_serverless(c: Container) -> dict:
     return {"serverless": result["status"], "serverless_frames": result["metadata"]["frames"]["done"]}
 
 
+def breakdown(root: Path) -> dict[str, int]:
+    """Where the image's megabytes are (du of the mounted image): what BUILD.md's size table explains."""
+    site = next((root / "opt" / "venv" / "lib").glob("python3*/site-packages"))
+    parts = {"cuda_wheels": site / "nvidia", "torch": site / "torch", "triton": site / "triton",
+             "venv": root / "opt" / "venv", "usr": root / "usr"}
+    out = {}
+    for name, path in parts.items():
+        du = subprocess.run(["du", "-sm", str(path)], capture_output=True, text=True).stdout.split()
+        out[name] = int(du[0]) if du else 0
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, required=True)
@@ -265,10 +277,14 @@ def main() -> int:
     figures = json.loads(args.build.read_text())
 
     def image(target: str) -> tuple[Path, dict]:
-        return (Path((args.work / f"{target}.mount").read_text().strip()),
-                json.loads((args.work / f"{target}.config.json").read_text()))
+        """The image's mount point and its config (podman keeps the HEALTHCHECK beside the config)."""
+        inspect = json.loads((args.work / f"{target}.inspect.json").read_text())[0]
+        health = inspect.get("Healthcheck") or inspect["Config"].get("Healthcheck")
+        config = {**inspect["Config"], "Healthcheck": health}
+        return Path((args.work / f"{target}.mount").read_text().strip()), config
 
     t0 = time.monotonic()
+    figures["size_breakdown_mb"] = breakdown(image("ui")[0])
     try:
         mnt, cfg = image("ui")
         vol = args.work / "volumes" / "ui"

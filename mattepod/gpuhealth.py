@@ -39,7 +39,8 @@ EXIT_WRONG_HOST = 11
 # What torch/CUDA say when the device or its context is broken (not an out-of-memory: that context survives).
 _FAULT = re.compile(
     r"CUDA error|CUDA driver error|cuDNN error|CUBLAS_STATUS_(?!ALLOC)|illegal memory access|device-side assert"
-    r"|unspecified launch failure|uncorrectable ECC|misaligned address|CUDA-capable device|device is busy or unavailable"
+    r"|unspecified launch failure|uncorrectable ECC|misaligned address|CUDA-capable device"
+    r"|device is busy or unavailable"
     r"|NVML|GPU is lost|Xid", re.I)
 _OOM = re.compile(r"out of memory|CUBLAS_STATUS_ALLOC_FAILED", re.I)
 
