@@ -417,7 +417,7 @@ def _execute(cfg: Config, info: MediaInfo, first: int, count: int, folder: RunFo
         manifest.save(run_dir)
 
     outs = OutputSet(run_dir, stem, info.width, info.height, info.fps, cfg.outputs, encoders, layout, cfg.stereo.fov,
-                     info.color)
+                     info.color, device=_device(cfg))
     preview_at = _preview_frames(count, cfg.outputs.previews)
     clock = StageClock()
     i0 = manifest.frames_done
