@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 import mattepod
-from mattepod import config as config_mod
+from mattepod import config as config_mod, quality
 from mattepod.checkpoint import Manifest, commit_segment, load_state, serialise_state
 from mattepod.config import Config
 from mattepod.engine import Engine, MaskFollowEngine, check_alpha
@@ -269,7 +269,8 @@ def run(cfg: Config, opts: RunOptions | None = None) -> RunResult:
         folder, cfg, manifest = _reopen(Path(opts.resume))
     else:
         info = _probe_input(cfg)
-        _frame_range(cfg, info)
+        first, count = _frame_range(cfg, info)
+        quality.precheck(cfg, info, first, count)  # issue 17: a ground truth that does not fit stops here
         if cfg.recovery.auto_resume and opts.run_dir is None:
             found = find_resumable(Path(cfg.output_dir), cfg)
             if found is not None:
@@ -292,6 +293,9 @@ def run(cfg: Config, opts: RunOptions | None = None) -> RunResult:
             progress = Progress(count, folder.path, opts.progress_json, opts.progress_bar, opts.listener)
             progress.emit({"event": "start", "run_dir": str(folder.path), "total": count})
             outputs = _execute(cfg, info, first, count, folder, manifest, progress, cancel, opts)
+            scores = quality.finish_step(cfg, info, first, count, folder.path, outputs, progress)  # issue 17
+            if scores is not None:
+                folder.update(quality=scores)
         meta = folder.update(status="completed", outputs=outputs, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         progress.emit({"event": "done", "status": "completed", "run_dir": str(folder.path), "outputs": outputs, "error": None})
         return RunResult(folder.path, "completed", outputs, meta)
