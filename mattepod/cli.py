@@ -18,6 +18,7 @@ from typing import Any
 
 from mattepod import config as config_mod
 from mattepod.errors import ConfigError, MattePodError
+from mattepod.subjects import SUBJECT_ARG_HELP, parse_subject_args, person_subjects
 
 log = logging.getLogger("mattepod")
 
@@ -62,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--normalized", action="store_true", help="points/box in 0..1 of the frame size")
     r.add_argument("--prompt-frame", type=int, help="frame the prompt is given on (relative to --start-frame)")
     r.add_argument("--auto-person", action="store_true", help="find the person automatically")
+    r.add_argument("--person-count", type=int, help="with --auto-person: one subject per person, person1..N "
+                   "(largest first), a matte each")
+    r.add_argument("--subject", action="append", default=[], metavar="SPEC",
+                   help="a named subject (repeat for several): " + SUBJECT_ARG_HELP)
     r.add_argument("--outputs", help="comma-separated formats, e.g. alpha,green,prores")
     r.add_argument("--output-dir", "-o", help="where run folders are created")
     r.add_argument("--run-dir", help="use exactly this run folder (must not hold a run)")
@@ -106,7 +111,17 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         o["prompt.box"] = _box(args.box)
     if args.normalized:
         o["prompt.normalized"] = True
-    if args.auto_person:
+    if args.person_count is not None and not args.auto_person:
+        raise ConfigError("--person-count needs --auto-person", "add --auto-person")
+    if args.person_count is not None and args.person_count < 1:
+        raise ConfigError(f"--person-count {args.person_count} must be at least 1", "give 1 or more")
+    if args.subject or args.person_count:
+        if args.mask or args.points or args.box:
+            raise ConfigError("--subject/--person-count replace --mask/--points/--box",
+                              'give each subject its prompt: --subject "NAME:mask=FILE"')
+        o["prompt.subjects"] = parse_subject_args(args.subject) + (person_subjects(args.person_count)
+                                                                     if args.person_count else [])
+    elif args.auto_person:
         o["prompt.auto_person"] = True
     if args.outputs:
         o["outputs.formats"] = [f.strip() for f in args.outputs.split(",") if f.strip()]
