@@ -293,7 +293,7 @@ def run(cfg: Config, opts: RunOptions | None = None) -> RunResult:
             progress = Progress(count, folder.path, opts.progress_json, opts.progress_bar, opts.listener)
             progress.emit({"event": "start", "run_dir": str(folder.path), "total": count})
             outputs = _execute(cfg, info, first, count, folder, manifest, progress, cancel, opts)
-            scores = quality.finish_step(cfg, info, first, count, folder.path, outputs, progress)  # issue 17
+            scores = quality.finish_step(cfg, info, first, count, folder.path, outputs, progress, cancel.check)  # issue 17
             if scores is not None:
                 folder.update(quality=scores)
         meta = folder.update(status="completed", outputs=outputs, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))

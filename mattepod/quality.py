@@ -38,7 +38,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from mattepod.errors import ConfigError, InputNotFoundError, InvalidMediaError, MattePodError, RunStateError
+from mattepod.errors import CancelledError, ConfigError, InputNotFoundError, InvalidMediaError, MattePodError, RunStateError
 from mattepod.media.probe import IMAGE_EXTS, probe
 from mattepod.media.tools import binary
 
@@ -455,6 +455,8 @@ def finish_run(run_dir: Path, outputs: dict[str, str], gt: str, depth: str, gt_s
     try:
         report = evaluate(run_dir / outputs[fmt], gt, depth=depth, gt_start=gt_start, on_frame=on_frame,
                           gt_longer=True)
+    except CancelledError:
+        raise  # a cancel stops the run (resumable: the finish step runs again)
     except (MattePodError, OSError) as err:
         logging.getLogger("mattepod.quality").error("quality: %s", err)
         return {"error": str(err), "gt": gt}
@@ -479,8 +481,9 @@ def precheck(cfg: Any, info: Any, first: int, count: int) -> int | None:
 
 
 def finish_step(cfg: Any, info: Any, first: int, count: int, run_dir: Path, outputs: dict[str, str],
-                progress: Any = None) -> dict[str, Any] | None:
-    """The run's hook after its outputs are final: the summary for metadata.json (None without quality.gt)."""
+                progress: Any = None, cancel: Callable[[], None] | None = None) -> dict[str, Any] | None:
+    """The run's hook after its outputs are final: the summary for metadata.json (None without quality.gt).
+    ``cancel`` is called once per frame (it raises CancelledError to stop)."""
     if not cfg.quality.gt:
         return None
     try:
@@ -489,5 +492,18 @@ def finish_step(cfg: Any, info: Any, first: int, count: int, run_dir: Path, outp
         return {"error": str(err), "gt": cfg.quality.gt}
     if progress is not None:
         progress.begin("quality", 0, total=count)
-    tick = (lambda done, _total: progress.update(done)) if progress is not None else None
+
+    def tick(done: int, _total: int) -> None:
+        if cancel is not None:
+            cancel()
+        if progress is not None:
+            progress.update(done)
+
     return finish_run(run_dir, outputs, cfg.quality.gt, cfg.quality.depth, gt_start or 0, tick)
+
+
+def finish_hook(run: Any, outputs: dict[str, str]) -> dict[str, Any] | None:
+    """``mattepod.run`` finish hook: {"quality": summary} for metadata.json, or None without quality.gt."""
+    summary = finish_step(run.cfg, run.info, run.first, run.count, run.run_dir, outputs, run.progress,
+                          run.cancel.check)
+    return None if summary is None else {"quality": summary}
