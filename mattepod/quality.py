@@ -507,3 +507,18 @@ def finish_hook(run: Any, outputs: dict[str, str]) -> dict[str, Any] | None:
     summary = finish_step(run.cfg, run.info, run.first, run.count, run.run_dir, outputs, run.progress,
                           run.cancel.check)
     return None if summary is None else {"quality": summary}
+
+
+def page_markdown(run_dir: str | Path) -> str:
+    """The page's quality block for a run folder: "" when the run has no quality.json; the means as a table
+    when it has one; the recorded reason when measuring failed (metadata.json ``quality.error``)."""
+    run_dir = Path(run_dir)
+    try:
+        report = json.loads((run_dir / QUALITY_FILE).read_text())
+    except (OSError, ValueError):
+        try:
+            summary = json.loads((run_dir / "metadata.json").read_text()).get("quality") or {}
+        except (OSError, ValueError, AttributeError):
+            return ""
+        return f"**Quality**: not measured ({summary['error']})" if summary.get("error") else ""
+    return "**Quality** against the ground truth (`quality.json`)\n\n" + markdown_table(report)

@@ -83,3 +83,17 @@ def test_a_failure_after_the_outputs_is_recorded_not_raised(tmp_path):
     summary = q.finish_run(run, {"alpha16": "m"}, str(tmp_path / "gone"), "field", 0)
     assert "does not exist" in summary["error"] and not (run / "quality.json").exists()
     assert "mattepod eval --pred" in q.report_lines(summary, run)[0]
+
+
+def test_page_markdown_of_a_run(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    assert q.page_markdown(run) == ""  # no quality.json, no metadata: nothing shown
+    (run / "metadata.json").write_text(json.dumps({"quality": {"error": "ground truth x does not exist"}}))
+    assert "not measured (ground truth x does not exist)" in q.page_markdown(run)
+    report = {"frames": 3, "depth": "field", "gt": {"path": "/gt"},
+              "mean": {"mad": 1.5, "mse": 0.25, "grad": 0.125, "conn": 0.5, "dtssd": 2.0}}
+    (run / "quality.json").write_text(json.dumps(report))
+    md = q.page_markdown(run)
+    assert "| frames | MAD | MSE | Grad | Conn | dtSSD |" in md and "| 3 | 1.5000 | 0.2500 | 0.1250 | 0.5000 | 2.0000 |" in md
+    assert "`/gt`" in md
