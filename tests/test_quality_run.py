@@ -11,9 +11,9 @@ from mattepod import quality as q
 from tests.conftest import run_cli
 
 
-def _run(clip, mask, out, *extra):
+def _run(clip, mask, out, *extra, **kw):
     return run_cli("run", "--input", str(clip), "--mask", str(mask), "--engine", "mask", "-o", str(out), "-q",
-                   "--set", "recovery.segment_frames=7", *extra)
+                   "--set", "recovery.segment_frames=7", *extra, **kw)
 
 
 def test_run_with_gt_writes_quality_json_and_metadata(tmp_path, clip, mask):
@@ -97,3 +97,22 @@ def test_page_markdown_of_a_run(tmp_path):
     md = q.page_markdown(run)
     assert "| frames | MAD | MSE | Grad | Conn | dtSSD |" in md and "| 3 | 1.5000 | 0.2500 | 0.1250 | 0.5000 | 2.0000 |" in md
     assert "`/gt`" in md
+
+
+def test_dry_run_checks_the_ground_truth_and_a_kill_in_the_quality_step_resumes(tmp_path, clip, mask):
+    first = _run(clip, mask, tmp_path / "a", "--outputs", "alpha16", "--run-dir", str(tmp_path / "a" / "r"))
+    assert first.returncode == 0, first.stderr
+    gt = tmp_path / "a" / "r" / "clip_alpha16_png"
+    plan = _run(clip, mask, tmp_path / "b", "--outputs", "alpha16", "--gt", str(gt), "--start-frame", "3", "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    assert json.loads(plan.stdout)["plan"]["quality"] == {"gt": str(gt), "gt_start": 3, "depth": "field"}
+    run = tmp_path / "c" / "r"
+    killed = _run(clip, mask, tmp_path / "c", "--outputs", "alpha16", "--gt", str(gt), "--run-dir", str(run),
+                  env={"MATTEPOD_TEST_KILL_AT_STEP": "hook:quality:done"})
+    assert killed.returncode == -9, killed.stderr
+    assert (run / "quality.json").is_file()  # written (atomically) before the kill
+    assert json.loads((run / "metadata.json").read_text())["status"] != "completed"
+    resumed = run_cli("run", "--resume", str(run), "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    meta = json.loads((run / "metadata.json").read_text())
+    assert meta["status"] == "completed" and all(v == 0.0 for v in meta["quality"]["mean"].values())
