@@ -67,8 +67,9 @@ class HostReport:
             return (f"the host's NVIDIA driver {self.driver} is too old for this image's CUDA {REQUIRED_CUDA} "
                     f"(needs {MIN_DRIVER}+) -> {RUNPOD_FILTER}")
         if self.available is False:
-            return (f"torch (CUDA {self.torch_cuda}) cannot use the GPU with driver {self.driver} -> {RUNPOD_FILTER}, "
-                    "and check NVIDIA_VISIBLE_DEVICES / NVIDIA_DRIVER_CAPABILITIES")
+            return (f"torch (CUDA {self.torch_cuda}) cannot use a GPU although the host has NVIDIA driver "
+                    f"{self.driver} -> give the container the GPU (docker run --gpus all; NVIDIA_VISIBLE_DEVICES not "
+                    "empty), or set MATTEPOD_GPU_CHECK=off to run on the CPU")
         return None
 
 
