@@ -17,7 +17,8 @@ setting measured in the same run:
   crf 18, ``ffv1`` = FFV1 16-bit, ``alpha16`` = 16-bit PNGs), measured against the ground truth and against the
   alphas before encoding (``codec_only``); time = encode + decode per frame.
 
-fp16 runs only on a GPU (recorded as skipped on the CPU). Time is process CPU time (the box is shared; at one
+fp16 runs only on a GPU: with CUDA present, fp32 (TF32 off) / bf16 / fp16 rows on the GPU are added, timed in
+wall-clock ms; without one, fp16 is recorded as skipped. CPU time is process CPU time (the box is shared; at one
 thread CPU time is close to idle wall time).
 
     python bench/quality_tradeoffs.py [--threads 1] [--frames 12] [--size 192x256] [--weights CKPT]
@@ -90,13 +91,18 @@ def generated_clip(h: int, w: int, n: int) -> dict:
     return {"frames": frames, "mask": mask, "gt": None}
 
 
-def run_engine(net, case: dict, *, precision="fp32", warmup=10, max_size=-1, scale=1.0) -> tuple[list, float]:
-    eng = MatAnyoneEngine(net, EngineConfig(device="cpu", precision=precision, warmup=warmup, max_size=max_size))
+def run_engine(net, case: dict, *, precision="fp32", warmup=10, max_size=-1, scale=1.0,
+               device="cpu") -> tuple[list, float]:
+    """Alphas of the whole clip and the seconds per frame: process CPU time on the CPU, wall time on a GPU
+    (every step returns a numpy alpha, so the GPU work is finished when the clock stops)."""
+    eng = MatAnyoneEngine(net, EngineConfig(device=device, precision=precision, warmup=warmup, max_size=max_size,
+                                            tf32=False))
     engine = ScaledEngine(eng, scale)
-    c0 = time.process_time()
+    clock = time.perf_counter if device != "cpu" else time.process_time
+    c0 = clock()
     out = [engine.start(case["frames"][0], case["mask"])]
     out += [engine.step(f) for f in case["frames"][1:]]
-    return out, (time.process_time() - c0) / len(out)
+    return out, (clock() - c0) / len(out)
 
 
 def measure(pred: list, gt: list) -> dict:
@@ -145,14 +151,19 @@ def bench_case(net, name: str, case: dict, settings: dict, work: Path) -> dict:
            "settings": {}}
     out["settings"]["reference (fp32, scale 1, warm-up 10)"] = {
         "mean": measure(ref_alphas, gt), "cpu_ms_per_frame": round(ref_cpu * 1000, 1), "time_ratio": 1.0}
+    if torch.cuda.is_available():  # fp16 exists only there; the GPU rows are timed in wall-clock ms
+        settings = {**settings, **{f"cuda {p}": {"precision": p, "device": "cuda"} for p in ("fp32", "bf16", "fp16")}}
     for label, kw in settings.items():
         try:
             alphas, cpu = run_engine(net, case, **kw)
         except MattePodError as err:
             out["settings"][label] = {"skipped": str(err)}
             continue
-        out["settings"][label] = {"mean": measure(alphas, gt), "cpu_ms_per_frame": round(cpu * 1000, 1),
-                                  "time_ratio": round(cpu / ref_cpu, 3)}
+        if kw.get("device") == "cuda":
+            out["settings"][label] = {"mean": measure(alphas, gt), "gpu_wall_ms_per_frame": round(cpu * 1000, 2)}
+        else:
+            out["settings"][label] = {"mean": measure(alphas, gt), "cpu_ms_per_frame": round(cpu * 1000, 1),
+                                      "time_ratio": round(cpu / ref_cpu, 3)}
     for codec in ("hevc10", "ffv1", "alpha16"):
         sub = work / f"{name}-{codec}"
         sub.mkdir()
@@ -175,8 +186,11 @@ def markdown(result: dict) -> str:
                 continue
             m = row["mean"]
             ratio = row.get("time_ratio")
+            ms = row.get("cpu_ms_per_frame", "")
+            if "gpu_wall_ms_per_frame" in row:
+                ms = f"{row['gpu_wall_ms_per_frame']} (GPU wall)"
             rows.append(f"| {case} | {label} | " + " | ".join(f"{m[k]:.4g}" for k in quality.METRICS)
-                        + f" | {row.get('cpu_ms_per_frame', '')} | {'' if ratio is None else f'{ratio:.2f}x'} |")
+                        + f" | {ms} | {'' if ratio is None else f'{ratio:.2f}x'} |")
     truths = "; ".join(f"{case}: {res['ground_truth']}" for case, res in result["cases"].items())
     return "\n".join(rows) + f"\n\nGround truth: {truths}."
 
@@ -204,7 +218,8 @@ def main() -> None:
         net = synthetic_net()
     result = {"bench": "quality_tradeoffs", "torch": torch.__version__, "threads": a.threads,
               "metrics": "native float alphas; MAD, MSE x1e3; Grad, Conn /1e3; dtSSD x1e2",
-              "fp16": "skipped: CPU only (fp16 runs on a GPU)" if not torch.cuda.is_available() else "not measured",
+              "fp16": ("skipped: no GPU (fp16 runs on a GPU)" if not torch.cuda.is_available()
+                       else f"cuda rows: {torch.cuda.get_device_name()}"),
               "cases": {}}
     common = {"bf16": {"precision": "bf16"}, "warm-up 1": {"warmup": 1}, "warm-up 5": {"warmup": 5}}
     with tempfile.TemporaryDirectory(prefix="quality-bench-") as tmp:
