@@ -60,6 +60,10 @@ class EncodeError(MattePodError):
     exit_code = 10
 
 
+class DeviceMemoryError(MattePodError):
+    exit_code = 11  # out of GPU (or CPU) memory even at the smallest matting size allowed
+
+
 class CancelledError(MattePodError):
     exit_code = 130
 

@@ -127,7 +127,9 @@ def build_engine(cfg: Config) -> Engine:
         return MaskFollowEngine()
     from mattepod.matting import build_engine as build_matting  # torch-heavy; only when asked for
 
-    return build_matting(cfg.engine, cfg.resolved_weights_dir())
+    from mattepod.adaptive import AdaptiveScale
+
+    return build_matting(cfg.engine, cfg.resolved_weights_dir(), AdaptiveScale.from_runtime(cfg.runtime))
 
 
 class ScaledEngine:
