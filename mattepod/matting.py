@@ -178,9 +178,13 @@ class MatAnyoneEngine:
                                     f"{(old or (0, 0))[1]}x{(old or (0, 0))[0]} ({why}): {error}",
                                     "set runtime.adaptive_scale: true, lower runtime.min_scale or engine.max_size, "
                                     "or stereo.batch_eyes: false; then --resume the run")
-        self.scale = new
         base = prep.max_size_hw(self.frame_hw[0], self.frame_hw[1], self.cfg.max_size)
         hw = adaptive_mod.scaled_hw(base, new)
+        if _cells(hw) < self.cfg.top_k:
+            raise DeviceMemoryError(f"out of {self.device.type} memory at matting size {old[1]}x{old[0]}, and "
+                                    f"{hw[1]}x{hw[0]} is below what engine.top_k={self.cfg.top_k} needs: {error}",
+                                    "lower engine.top_k or free device memory; then --resume the run")
+        self.scale = new
         change = adaptive_mod.ScaleChange(list(old) if old else None, list(hw), new, f"out of memory: {error}")
         log.warning("matting size %s -> %s (scale %.3f): %s", old, hw, new, change.reason)
         self._events.append(change)

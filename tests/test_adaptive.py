@@ -156,3 +156,57 @@ def test_pair_steps_both_eyes_down_together(weights_root, oom_at, one_thread):
     evs = pair.drain_events()
     assert sorted(e["eye"] for e in evs) == [0, 1] and all(e["new"] == [144, 192] for e in evs)
     assert pair.eyes[0].internal_hw == pair.eyes[1].internal_hw == (144, 192)
+
+
+# ---- the whole run (CLI, real ffmpeg, the real network on the CPU) ----------------------------------------
+
+def _oom_args(tmp_path, weights_root, frames: int):
+    from conftest import make_mask, make_video
+
+    video = make_video(tmp_path / "clip.mp4", width=192, height=160, frames=frames, audio=False)
+    mask = make_mask(tmp_path / "m.png", 192, 160)
+    return ["run", "--input", str(video), "--mask", str(mask), "--weights-dir", str(weights_root),
+            "--outputs", "alpha", "--set", "outputs.alpha_codec=ffv1", "--set", "engine.device=cpu",
+            "--set", "engine.precision=fp32", "--set", "engine.warmup=1", "--set", "runtime.threads=1",
+            "--set", "recovery.segment_frames=3", "-q"]
+
+
+def test_run_survives_an_oom_mid_run(weights_root, tmp_path):
+    """MATTEPOD_TEST_OOM_AT_FRAME=3: the run completes, frames in = frames out, metadata shows the step."""
+    import json
+
+    from conftest import decode, run_cli
+
+    args = _oom_args(tmp_path, weights_root, 5)
+    res = run_cli(*args, "--run-dir", str(tmp_path / "r"), env={"MATTEPOD_TEST_OOM_AT_FRAME": "3"}, timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    meta = json.loads((tmp_path / "r" / "metadata.json").read_text())
+    assert meta["status"] == "completed" and meta["frames"]["done"] == 5
+    (change,) = meta["scale_changes"]
+    assert change["frame"] == 3 and change["old"] == [160, 192] and change["new"] == [120, 144]
+    assert "out of memory" in change["reason"]
+    assert decode(tmp_path / "r" / "clip_alpha.mkv").shape == (5, 160, 192)
+    assert "matting size" in (tmp_path / "r" / "run.log").read_text()  # logged too
+
+
+@pytest.mark.slow
+def test_resume_after_a_step_down_is_bit_identical(weights_root, tmp_path):
+    """OOM at frame 2, kill -9 after frame 7, --resume: the same alpha as the uninterrupted run, bit for bit,
+    at the size in force (the state carries it), and the step recorded once."""
+    import json
+
+    from conftest import decode, run_cli
+
+    args = _oom_args(tmp_path, weights_root, 9)
+    oom = {"MATTEPOD_TEST_OOM_AT_FRAME": "2"}
+    whole = run_cli(*args, "--run-dir", str(tmp_path / "whole"), env=oom, timeout=900)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    killed = run_cli(*args, "--run-dir", str(tmp_path / "crash"), env={**oom, "MATTEPOD_TEST_KILL_AT_FRAME": "7"},
+                     timeout=900)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = run_cli("run", "--resume", str(tmp_path / "crash"), "-q", env=oom, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = decode(tmp_path / "whole" / "clip_alpha.mkv"), decode(tmp_path / "crash" / "clip_alpha.mkv")
+    assert a.shape == (9, 160, 192) and np.array_equal(a, b)
+    meta = json.loads((tmp_path / "crash" / "metadata.json").read_text())
+    assert [c["frame"] for c in meta["scale_changes"]] == [2]
