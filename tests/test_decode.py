@@ -71,3 +71,19 @@ def test_10bit_source_keeps_16bit_precision(tmp_path):
     assert np.any(f16 % 257 != 0)  # with the levels between 8-bit codes
     eight = probe(make_video(tmp_path / "e.mp4", 64, 48, 2, audio=False))
     assert reader.source_bits(eight) == 8
+
+
+def test_frame_depth_asks_the_engine(tmp_path):
+    from mattepod.engine import MaskFollowEngine
+    from mattepod.matting import MatAnyoneEngine
+    from mattepod.run import ScaledEngine
+
+    ten = probe(make_video(tmp_path / "ten.mkv", 64, 48, 2, audio=False, codec="libx265",
+                           extra=["-pix_fmt", "yuv420p10le", "-x265-params", "log-level=error"]))
+    eight = probe(make_video(tmp_path / "e.mp4", 64, 48, 2, audio=False))
+    mat = ScaledEngine.__new__(ScaledEngine)
+    mat.accepts_16bit = MatAnyoneEngine.accepts_16bit
+    assert reader.frame_depth(ten, mat) == 16
+    assert reader.frame_depth(eight, mat) == 8
+    assert reader.frame_depth(ten, mat, keyframes=True) == 8  # SAM 2 / the detector take uint8
+    assert reader.frame_depth(ten, MaskFollowEngine()) == 8

@@ -33,6 +33,12 @@ def source_bits(info: MediaInfo) -> int:
         10 if (info.pix_fmt or "").startswith(("p010", "x2rgb10", "x2bgr10")) else 8)
 
 
+def frame_depth(info: MediaInfo, engine: object, keyframes: bool = False) -> int:
+    """Bits of the frames a run decodes: 16 when the engine says ``accepts_16bit`` and the source has more
+    than 8 bits, else 8. Runs with keyframe prompts stay 8-bit (SAM 2 and the detector take uint8)."""
+    return 16 if getattr(engine, "accepts_16bit", False) and source_bits(info) > 8 and not keyframes else 8
+
+
 def read_frames(info: MediaInfo, start: int = 0, count: int | None = None, depth: int = 8,
                 decoder: str = "auto") -> Iterator[np.ndarray]:
     """Yield RGB frames ``start .. start+count-1`` (count None = to the end): uint8, or uint16 with
@@ -65,9 +71,9 @@ def read_frames(info: MediaInfo, start: int = 0, count: int | None = None, depth
     yield from _read_video(info, start + got, end, depth, None)
 
 
-def read_frame(info: MediaInfo, index: int) -> np.ndarray:
+def read_frame(info: MediaInfo, index: int, depth: int = 8) -> np.ndarray:
     """One frame (for prompts and previews): a seek, not a decode of everything before it."""
-    for frame in read_frames(info, index, 1):
+    for frame in read_frames(info, index, 1, depth=depth):
         return frame
     raise InvalidMediaError(f"frame {index} could not be decoded from {info.path}", "check the file")
 
