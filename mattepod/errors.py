@@ -66,8 +66,14 @@ class OutputPathError(MattePodError):
     exit_code = 11
 
 
+class GpuHostError(MattePodError):
+    """The host cannot run the image's CUDA (driver too old, GPU not given to the container): start-up stops."""
+
+    exit_code = 12
+
+
 class DeviceMemoryError(MattePodError):
-    exit_code = 12  # out of GPU (or CPU) memory even at the smallest matting size allowed
+    exit_code = 13  # out of GPU (or CPU) memory even at the smallest matting size allowed
 
 
 class CancelledError(MattePodError):

@@ -136,7 +136,7 @@ def test_oom_without_adaptive_scale_is_a_clear_error(weights_root, oom_at, one_t
     eng.start(frames[0], mask)
     with pytest.raises(DeviceMemoryError) as err:
         eng.step(frames[1])
-    assert err.value.exit_code == 12 and "adaptive_scale is off" in str(err.value)
+    assert err.value.exit_code == 13 and "adaptive_scale is off" in str(err.value)
     oom_at(1)
     low = build_engine(EngineConfig(**CPU), weights_root, AdaptiveScale(True, min_scale=0.9))
     low.start(frames[0], mask)
