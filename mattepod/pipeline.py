@@ -359,9 +359,10 @@ def _weights_used(cfg: Config) -> list[dict[str, str]]:
         files += [(cfg.engine.model, f) for f in (sorted(src.iterdir()) if src.is_dir() else [src])
                   if f.is_file() and not f.name.startswith(".")]
     p = cfg.prompt
-    if p.points or p.box or p.auto_person or p.reprompt_every or any(k.points or k.box or k.auto_person for k in p.keyframes):
-        names = [f"sam2.1_{p.sam2_model}"] + (["person_detector"] if p.auto_person or p.reprompt_every
-                                               or any(k.auto_person for k in p.keyframes) else [])
+    prompts = [p, *p.keyframes, *p.subjects, *(k for s in p.subjects for k in s.keyframes)]  # subjects: #16
+    if p.reprompt_every or any(q.points or q.box or q.auto_person for q in prompts):
+        names = [f"sam2.1_{p.sam2_model}"] + (["person_detector"] if p.reprompt_every
+                                               or any(q.auto_person for q in prompts) else [])
         for name in names:
             folder = weights.model_dir(name, wdir)
             files += [(name, folder / wf.filename) for wf in weights.MODELS[name].files if (folder / wf.filename).is_file()]
@@ -388,36 +389,53 @@ def _execute(cfg: Config, info: MediaInfo, first: int, count: int, folder: RunFo
     encoders = _pick_encoders(cfg)
     folder.update(encoder=encoders, weights=_weights_used(cfg), segment_frames=seg_len)
     factory = opts.engine_factory or build_engine
-    specs = specs_from_config(cfg.prompt)
-    main_spec = specs[0]
-    keyframes = {s.frame: s for s in specs[1:]}
-    if cfg.prompt.reprompt_every:
-        from mattepod.prompts import auto_spec
-
-        for f in range(main_spec.frame + cfg.prompt.reprompt_every, count, cfg.prompt.reprompt_every):
-            keyframes.setdefault(f, auto_spec(cfg.prompt, f))
-    k = main_spec.frame
     layout = None
     stereo_log = None
-    if cfg.stereo.mode == "vr180":
-        engine, layout = _stereo_engine(cfg, info, factory, main_spec)
+    spill = run_dir / "spill"
+    subjects = bool(cfg.prompt.subjects)
+    if subjects:  # mattepod.subjectrun: each subject's own prompt frame, keyframes and backward pass
+        engine, layout, keyframes = _subjects_track(cfg, info, first, count, factory, run_dir, spill)
+        k, prompt_mask = 0, None
+    else:
+        specs = specs_from_config(cfg.prompt)
+        main_spec = specs[0]
+        keyframes = {s.frame: s for s in specs[1:]}
+        if cfg.prompt.reprompt_every:
+            from mattepod.prompts import auto_spec
+
+            for f in range(main_spec.frame + cfg.prompt.reprompt_every, count, cfg.prompt.reprompt_every):
+                keyframes.setdefault(f, auto_spec(cfg.prompt, f))
+        k = main_spec.frame
+        if cfg.stereo.mode == "vr180":
+            engine, layout = _stereo_engine(cfg, info, factory, main_spec)
+        else:
+            engine = ScaledEngine(factory(cfg), cfg.scale)
+        prompt_mask = _prompt(cfg, info, first, main_spec, run_dir, "prompt")
+    if layout is not None:
         stereo_log = (run_dir / "stereo_consistency.jsonl").open("a")
         folder.update(stereo={"layout": layout.to_dict()})
         log.info("VR180 layout %s (from %s)", layout.arrangement, layout.origin)
-    else:
-        engine = ScaledEngine(factory(cfg), cfg.scale)
-    prompt_mask = _prompt(cfg, info, first, main_spec, run_dir, "prompt")
     if not opts.keep_prompt_models and not keyframes:
         _free_prompt_models()
 
-    spill = run_dir / "spill"
     if k > 0 and not manifest.backward_done:
         _backward(cfg, info, first, k, engine, prompt_mask, keyframes, spill, progress, cancel, run_dir)
         manifest.backward_done = True
         manifest.save(run_dir)
+    if subjects and engine.needs_backward:
+        progress.begin("backward", 0, total=max(engine.k.values()) + 1)
+        engine.backward(lambda lo, n: list(read_frames(info, first + lo, n)), cancel.check, progress.update)
 
-    outs = OutputSet(run_dir, stem, info.width, info.height, info.fps, cfg.outputs, encoders, layout, cfg.stereo.fov,
-                     info.color)
+    def output_set(stem: str, outputs_cfg: Any) -> OutputSet:
+        return OutputSet(run_dir, stem, info.width, info.height, info.fps, outputs_cfg, encoders, layout,
+                         cfg.stereo.fov, info.color)
+
+    if subjects:
+        from mattepod.subjectrun import SubjectOutputs
+
+        outs = SubjectOutputs(output_set, run_dir, stem, engine.plans, cfg.outputs, info.width, info.height)
+    else:
+        outs = output_set(stem, cfg.outputs)
     preview_at = _preview_frames(count, cfg.outputs.previews)
     clock = StageClock()
     i0 = manifest.frames_done
@@ -444,7 +462,9 @@ def _execute(cfg: Config, info: MediaInfo, first: int, count: int, folder: RunFo
                 elif kind == "frame":
                     _, i, frame, alpha = item
                     outs.write(i, frame, alpha)
-                    if i in preview_at:
+                    if i in preview_at and subjects:
+                        outs.previews(i, frame, alpha, hex_rgb(cfg.outputs.color))
+                    elif i in preview_at:
                         _write_previews(run_dir, i, frame, alpha, cfg)
                     clock.add("encode", time.perf_counter() - t)
                 elif kind == "close":
@@ -558,6 +578,38 @@ def _stereo_engine(cfg: Config, info: MediaInfo, factory: Callable[[Config], Eng
             _e, ex1, ey1 = to_eye_coords(x1, y1, layout, (info.width, info.height))
             engine.prompt_box = (ex0, ey0, ex1, ey1)
     return engine, layout
+
+
+def _subjects_track(cfg: Config, info: MediaInfo, first: int, count: int, factory: Callable[[Config], Engine],
+                    run_dir: Path, spill: Path):
+    """``prompt.subjects``: every subject's prompt resolved on its own frame (preview ``prompt_<name>.png``),
+    one engine per subject (MatAnyone twins on one network, batched; VR180: a stereo engine per subject)
+    behind ``SubjectsTrack``. Returns (track, layout or None, {frame: spec} of all keyframes)."""
+    from mattepod.subjectrun import SubjectsTrack, stereo_engines_share
+    from mattepod.subjects import SubjectsEngine, plans_from_config
+
+    plans = plans_from_config(cfg.prompt)
+    for p in plans:
+        for f in [p.prompt.frame, *p.keyframes]:
+            if f >= count:
+                raise MaskError(f"subject {p.name}: prompt frame {f} is beyond the last processed frame ({count - 1})",
+                                "choose a prompt frame inside the processed range")
+    names = [p.name for p in plans]
+    layout = None
+    if cfg.stereo.mode == "vr180":
+        shared = stereo_engines_share(lambda: factory(cfg))
+        stereo = [_stereo_engine(cfg, info, lambda _c: shared(), p.prompt) for p in plans]
+        layout = stereo[0][1]
+        engine = SubjectsEngine(names, [e for e, _ in stereo], cfg.prompt.exclusive)
+    else:
+        engine = SubjectsEngine.build(lambda: factory(cfg), names, cfg.prompt.exclusive, cfg.scale)
+    masks = {p.name: _prompt(cfg, info, first, p.prompt, run_dir, f"prompt_{p.name}") for p in plans}
+
+    def resolve(name: str, spec: PromptSpec, frame: np.ndarray | None) -> np.ndarray | None:
+        return _prompt(cfg, info, first, spec, run_dir, f"keyframe_{name}_{spec.frame:06d}", frame)
+
+    track = SubjectsTrack(engine, plans, masks, resolve, spill, (info.width, info.height))
+    return track, layout, {f: s for p in plans for f, s in p.keyframes.items()}
 
 
 def _log_consistency(engine: Any, out: Any, i: int, k: int) -> None:
