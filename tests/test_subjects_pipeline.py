@@ -134,3 +134,41 @@ def test_matanyone_subjects_kill_9_resume_and_each_equals_its_own_run(tmp_path, 
         mine = decode(whole / f"clip_{s}_alpha.mkv").astype(np.int64)
         theirs = decode(tmp_path / f"own_{s}" / "clip_alpha.mkv").astype(np.int64)
         assert np.abs(mine - theirs).max() <= 2 and mine.std() > 0, s
+
+
+def test_vr180_each_subject_on_both_eyes_equals_its_own_run(tmp_path):
+    """VR180: a stereo engine per subject (the prompt on the master eye, moved to the other eye by
+    the subject's disparity); each subject's SBS matte equals a VR180 run of its own."""
+    import subprocess
+
+    from stereo_synth import sbs_frame
+
+    eye, frames = 64, 6
+    path = tmp_path / "dance_LR_180.mkv"
+    raw = b"".join(sbs_frame(eye, eye, t, disparity=-6)[0].tobytes() for t in range(frames))
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{2 * eye}x{eye}",
+                    "-r", "10", "-i", "-", "-c:v", "ffv1", "-pix_fmt", "rgb24", "-y", str(path)],
+                   input=raw, check=True, timeout=120)
+    _, shape = sbs_frame(eye, eye, 0, disparity=-6)
+    shape[:, eye:] = 0
+    corner = np.zeros_like(shape)
+    corner[4:20, 4:24] = 1  # a patch of background in the left eye
+    paths = {}
+    for name, m in (("shape", shape), ("corner", corner)):
+        paths[name] = tmp_path / f"{name}.png"
+        cv2.imwrite(str(paths[name]), (m * 255).astype(np.uint8))
+    base = {"input": str(path), "engine.name": "mask", "stereo.mode": "vr180", "outputs.formats": ["alpha16"],
+            "recovery.segment_frames": 4}
+    both = pipeline.run(config.load(None, {**base, "output_dir": str(tmp_path / "both"), "prompt.exclusive": False,
+                                           "prompt.subjects": [{"name": n, "mask": str(p)} for n, p in paths.items()]}),
+                        pipeline.RunOptions(progress_bar=False))
+    meta = json.loads((both.run_dir / "metadata.json").read_text())
+    assert set(meta["stereo"]["consistency"]) == {"shape", "corner"}
+    lines = (both.run_dir / "stereo_consistency.jsonl").read_text().splitlines()
+    assert {json.loads(x)["subject"] for x in lines} == {"shape", "corner"}
+    for name, p in paths.items():
+        own = pipeline.run(config.load(None, {**base, "output_dir": str(tmp_path / name), "prompt.mask": str(p)}),
+                           pipeline.RunOptions(progress_bar=False))
+        mine, theirs = alpha16(both.run_dir, f"dance_LR_180_{name}"), alpha16(own.run_dir, "dance_LR_180")
+        assert mine.shape == (frames, eye, 2 * eye) and np.array_equal(mine, theirs), name
+        assert mine[:, :, eye:].any()  # the other eye has its matte too
