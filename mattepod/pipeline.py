@@ -428,7 +428,7 @@ def _execute(cfg: Config, info: MediaInfo, first: int, count: int, folder: RunFo
 
     def output_set(stem: str, outputs_cfg: Any) -> OutputSet:
         return OutputSet(run_dir, stem, info.width, info.height, info.fps, outputs_cfg, encoders, layout,
-                         cfg.stereo.fov, info.color)
+                         cfg.stereo.fov, info.color, device=_device(cfg))
 
     if subjects:
         from mattepod.subjectrun import SubjectOutputs
