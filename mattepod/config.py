@@ -258,6 +258,8 @@ def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Co
             raise ConfigError(f"config file {p} not found", "give a path to a YAML file, or write one with --generate-config")
         try:
             data = yaml.safe_load(p.read_text()) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"{p} is not UTF-8 text", "save the config as UTF-8 YAML") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{p} is not valid YAML: {exc}".replace("\n", " "), "fix the syntax") from None
         if not isinstance(data, dict):

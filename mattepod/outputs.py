@@ -6,12 +6,12 @@ functions below are the reference they are tested against, and what formats with
 
 One writer abstraction serves all video formats (``FFmpegWriter`` per segment, joined at the end); the two
 image-sequence formats write PNG files straight into a ``.partial`` folder that is renamed when the run
-completes. ``OutputSet`` is what the pipeline drives: open a segment, write (frame, alpha), close it.
+completes. ``OutputSet`` is what the pipeline drives: open a segment, write (frame, alpha), close it; the join
+that publishes them is ``mattepod/finalize.py``.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,7 +28,7 @@ from mattepod.config import OutputsConfig
 from mattepod.errors import ConfigError, DiskFullError
 from mattepod.media.probe import MediaInfo, probe
 from mattepod.media.reader import read_frames
-from mattepod.media.writer import FFmpegWriter, join_segments
+from mattepod.media.writer import FFmpegWriter
 
 EVEN_PAD = ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
 
@@ -243,6 +243,9 @@ class OutputSet:
     def sequence_dir(self, fmt: Format) -> Path:
         return self.run_dir / (self.name(fmt) + ".partial")
 
+    def sequence_file(self, fmt: Format, index: int) -> Path:
+        return self.sequence_dir(fmt) / f"{index:06d}.png"
+
     def open_segment(self, index: int, first_frame: int) -> None:
         if self._bg is not None:
             self._bg.seek(first_frame)
@@ -270,7 +273,7 @@ class OutputSet:
             else:
                 data = fmt.render(frame, alpha, self.ctx)
             if fmt.is_sequence:
-                path = self.sequence_dir(fmt) / f"{index:06d}.png"
+                path = self.sequence_file(fmt, index)
                 if not cv2.imwrite(str(path), data):
                     free = shutil.disk_usage(path.parent).free
                     if free < data.nbytes * 2:
@@ -299,21 +302,3 @@ class OutputSet:
         for w in self._writers.values():
             w.abort()
         self._writers = {}
-
-    def finalize(self, segments: int, info: MediaInfo, start_frame: int, frames: int) -> dict[str, str]:
-        """Join segments / publish sequences; returns {format: file name in the run folder}."""
-        done: dict[str, str] = {}
-        start_s = start_frame / float(info.fps)
-        duration = frames / float(self.fps)
-        for fmt in self.formats:
-            name = self.name(fmt)
-            final = self.run_dir / name
-            if fmt.is_sequence:
-                os.replace(self.sequence_dir(fmt), final)
-            else:
-                segs = [self.segment_path(fmt, i) for i in range(segments)]
-                audio = info.path if (self.cfg.copy_audio and info.audio and info.kind == "video") else None
-                join_segments(segs, final, audio, [a["codec"] for a in info.audio], start_s, duration)
-            done[fmt.name] = name
-        shutil.rmtree(self.run_dir / "segments", ignore_errors=True)
-        return done

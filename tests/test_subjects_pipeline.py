@@ -163,7 +163,8 @@ def test_vr180_each_subject_on_both_eyes_equals_its_own_run(tmp_path):
                                            "prompt.subjects": [{"name": n, "mask": str(p)} for n, p in paths.items()]}),
                         pipeline.RunOptions(progress_bar=False))
     meta = json.loads((both.run_dir / "metadata.json").read_text())
-    assert set(meta["stereo"]["consistency"]) == {"shape", "corner"}
+    assert set(meta["stereo"]["subjects"]) == {"shape", "corner"}
+    assert meta["stereo"]["subjects"]["shape"]["consistency"]["frames"] == frames
     lines = (both.run_dir / "stereo_consistency.jsonl").read_text().splitlines()
     assert {json.loads(x)["subject"] for x in lines} == {"shape", "corner"}
     for name, p in paths.items():
