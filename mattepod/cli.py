@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-frames", type=int)
     r.add_argument("--scale", type=float, help="matting resolution relative to the input (0 < s <= 1)")
     r.add_argument("--mode", choices=["mono", "vr180"], help="stereo.mode")
+    r.add_argument("--gt", help="ground-truth matte (PNG folder or video): measure the run's matte at the end (quality.gt)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run folder")
     r.add_argument("--dry-run", action="store_true", help="validate, probe the input, print the plan; write nothing")
@@ -99,7 +100,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     simple = {"input": "input", "mask": "prompt.mask", "output_dir": "output_dir", "weights_dir": "weights_dir",
               "engine": "engine.name", "device": "engine.device", "precision": "engine.precision",
               "start_frame": "start_frame", "max_frames": "max_frames", "scale": "scale", "mode": "stereo.mode",
-              "prompt_frame": "prompt.frame"}
+              "prompt_frame": "prompt.frame", "gt": "quality.gt"}
     for attr, key in simple.items():
         val = getattr(args, attr)
         if val is not None:
@@ -199,3 +200,8 @@ def _report(res: Any, args: argparse.Namespace) -> None:
         print(f"completed: {res.run_dir}")
         for fmt, name in res.outputs.items():
             print(f"  {fmt}: {res.run_dir / name}")
+        quality = res.metadata.get("quality")
+        if quality:
+            from mattepod.quality import report_lines
+
+            print("\n".join(report_lines(quality, res.run_dir)))

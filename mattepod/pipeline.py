@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 import mattepod
-from mattepod import config as config_mod
+from mattepod import config as config_mod, quality
 from mattepod.checkpoint import Manifest, ManifestDamaged
 from mattepod.config import Config
 from mattepod.errors import CancelledError, InvalidMediaError, MaskError, MattePodError, RunStateError
@@ -49,10 +49,13 @@ def plan(cfg: Config) -> dict[str, Any]:
     """What a run would do (``--dry-run``): validated config + input probe + frame range; creates nothing."""
     info = _probe_input(cfg)
     first, count = _frame_range(cfg, info)
+    gt_start = quality.precheck(cfg, info, first, count)  # issue 17
     return {"input": info.to_json(), "start_frame": first, "frames": count, "engine": cfg.engine.name,
             "outputs": list(cfg.outputs.formats), "prompt_frame": cfg.prompt.frame,
             "segments": -(-count // cfg.recovery.segment_frames), "stereo": cfg.stereo.mode,
-            "weights_dir": str(cfg.resolved_weights_dir())}
+            "weights_dir": str(cfg.resolved_weights_dir()),
+            "quality": None if gt_start is None else {"gt": cfg.quality.gt, "gt_start": gt_start,
+                                                      "depth": cfg.quality.depth}}
 
 
 def _probe_input(cfg: Config) -> MediaInfo:
@@ -87,7 +90,8 @@ def run(cfg: Config, opts: RunOptions | None = None) -> RunResult:
     info: MediaInfo | None = None
     if not opts.resume:  # a new run: bad input fails before any folder exists
         info = _probe_input(cfg)
-        _frame_range(cfg, info)
+        first, count = _frame_range(cfg, info)
+        quality.precheck(cfg, info, first, count)  # issue 17: a ground truth that does not fit stops here
         if cfg.recovery.auto_resume and opts.run_dir is None:
             found = find_resumable(Path(cfg.output_dir), cfg)
             if found is not None:
