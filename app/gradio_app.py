@@ -317,6 +317,8 @@ def build_config(state: AppState, input_path: Path, overrides: dict[str, Any]) -
     for key in overrides:
         if key in FORBIDDEN_KEYS or any(key.startswith(k + ".") for k in FORBIDDEN_KEYS):
             raise gr.Error(f"option {key} cannot be set through the app (the server chooses paths)")
+    if overrides.get("prompt.subjects"):  # issue 16: a subject's mask files must lie in the volumes
+        overrides["prompt.subjects"] = _confined_subjects(state, overrides["prompt.subjects"])
     data = state.base.model_dump(mode="json")
     for key, value in overrides.items():
         configmod.set_dotted(data, key, value)
@@ -327,6 +329,25 @@ def build_config(state: AppState, input_path: Path, overrides: dict[str, Any]) -
         return configmod.validate(data, "job options")
     except MattePodError as err:
         raise gr.Error(str(err)) from None
+
+
+def _confined_subjects(state: AppState, subjects: Any) -> Any:
+    """``prompt.subjects`` from a caller: mask files (the subject's and its keyframes') only from the
+    input/output volumes, like ``input_path``; clicks, boxes and auto_person as given."""
+    if not isinstance(subjects, list):
+        return subjects  # the config's validation names the problem
+    out = []
+    for sub in subjects:
+        if isinstance(sub, dict):
+            sub = dict(sub)
+            for holder in [sub, *(k for k in sub.get("keyframes") or [] if isinstance(k, dict))]:
+                if holder.get("mask"):
+                    try:
+                        holder["mask"] = str(jobs.inside(str(holder["mask"]), [state.roots.input, state.roots.output]))
+                    except MattePodError as err:
+                        raise gr.Error(f"subject {sub.get('name')!r}: {err}") from None
+        out.append(sub)
+    return out
 
 
 def start_job(state: AppState, input_path: str, points: list, box: list | None, prompt_frame: int,
@@ -340,10 +361,13 @@ def start_job(state: AppState, input_path: str, points: list, box: list | None, 
         raise gr.Error(str(err)) from None
     if not src.is_file():
         raise gr.Error(f"{src.name} does not exist any more -> upload it again")
-    if mask is None and not points and box is None:
+    subjects = _flatten(overrides).get("prompt.subjects")  # issue 16: a subjects list replaces the single prompt
+    if mask is None and not points and box is None and not subjects:
         raise gr.Error("no prompt: click on the subject, paint it with the brush, or upload a mask")
     prompt: dict[str, Any] = {"prompt.frame": int(prompt_frame or 0)}
-    if mask is None:
+    if subjects and (mask is not None or points or box is not None):
+        raise gr.Error("give either prompt.subjects (in options) or one prompt (points/box/mask), not both")
+    if mask is None and not subjects:
         prompt["prompt.points"] = [{"x": x, "y": y, "label": int(lab)} for x, y, lab in points]
         prompt["prompt.box"] = box
     cfg = build_config(state, src, {**overrides, **prompt})
@@ -669,7 +693,9 @@ def build_app(state: AppState) -> gr.Blocks:
         def api_submit(video, input_path, points, box, prompt_frame, mask, options):
             """Queue a job. video: an uploaded file (handle_file) or empty; input_path: a file already in the
             input/output volume; points: "[[x,y,label],...]" in pixels of the prompt frame; box: "x0,y0,x1,y1";
-            mask: a mask PNG (white = subject); options: JSON of config keys, e.g. {"engine.name": "mask"}."""
+            mask: a mask PNG (white = subject); options: JSON of config keys, e.g. {"engine.name": "mask"}.
+            Several subjects: leave points/box/mask empty and give options {"prompt.subjects": [{"name": "a",
+            "points": [{"x": 10, "y": 20}]}, {"name": "b", "box": [...]}, ...]} (clicks, boxes or auto_person)."""
             try:
                 src = adopt_upload(video, roots) if video else jobs.inside(input_path, [roots.input, roots.output])
             except MattePodError as err:
