@@ -24,8 +24,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cli(*args: str, cwd: Path, timeout: int = 120) -> tuple[int, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def cli(*args: str, cwd: Path, timeout: int = 120, env: dict[str, str] | None = None) -> tuple[int, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     try:
         res = subprocess.run([sys.executable, "-m", "mattepod", *args], capture_output=True, text=True, cwd=cwd,
                              env=env, timeout=timeout)
@@ -96,8 +96,9 @@ def main() -> None:
     base = ["run", "--input", str(clip), "--mask", str(d / "mask.png"), "--engine", "mask", "--outputs", "alpha", "-q"]
     done = d / "done_run"
     cli(*base, "--run-dir", str(done), cwd=d)
-    cut = d / "cut_run"
-    cli(*base, "--input", str(d / "cut.mp4"), "--run-dir", str(cut), cwd=d)
+    cut = d / "cut_run"  # an unfinished run (killed after 10 frames)
+    cli(*base, "--run-dir", str(cut), "--set", "recovery.segment_frames=5", cwd=d,
+        env={"MATTEPOD_TEST_KILL_AT_FRAME": "10"})
     badcfg = d / "badcfg_run"
     shutil.copytree(cut, badcfg)
     (badcfg / "config.yaml").write_bytes(b"\xff\xfe")
