@@ -434,7 +434,7 @@ def test_random_kill_loop(media, whole, tmp_path):
     """Kill -9 the run at random instants (a third of them right after "joining") until it completes,
     again and again: every resume continues, every finished run has the reference bytes."""
     rng = random.Random(11)
-    want, kills, survived, runs = whole(), 0, 0, 0
+    want, kills, survived, runs, join_kills = whole(), 0, 0, 0, 0
     args = [a for a in cli_args(media) if a != "-q"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     while kills < 30:
@@ -477,6 +477,7 @@ def test_random_kill_loop(media, whole, tmp_path):
             if killed and proc.returncode == -9:
                 kills += 1
                 run_kills += 1
+                join_kills += joining.is_set()
             elif proc.returncode != 0:
                 raise AssertionError(f"attempt ended with {proc.returncode}: {buf[-2000:]}")
             if (d / "metadata.json").is_file() and json.loads((d / "metadata.json").read_text()).get("status") == "completed":
@@ -486,5 +487,5 @@ def test_random_kill_loop(media, whole, tmp_path):
         if digest(d) == want:
             assert_clean(d)
             survived += run_kills
-    print(f"kills survived / kills: {survived} / {kills} over {runs} runs")
+    print(f"kills survived / kills: {survived} / {kills} over {runs} runs ({join_kills} after \"joining\")")
     assert survived == kills >= 30
