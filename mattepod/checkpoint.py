@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from mattepod.runfolder import read_json, write_atomic
 
 MANIFEST = "manifest.json"
@@ -41,6 +39,8 @@ class Manifest:
 
 def serialise_state(state: dict[str, Any]) -> bytes:
     """Snapshot now (the engine keeps mutating its tensors): bytes are safe to hand to another thread."""
+    import torch  # only where a network runs: a dry run or a config error never loads torch
+
     buf = io.BytesIO()
     torch.save(state, buf)
     return buf.getvalue()
@@ -64,4 +64,6 @@ def commit_segment(run_dir: Path, manifest: Manifest, segment: int, frames_done:
 def load_state(run_dir: Path, manifest: Manifest) -> dict[str, Any] | None:
     if not manifest.state_file:
         return None
+    import torch
+
     return torch.load(run_dir / manifest.state_file, map_location="cpu", weights_only=False)

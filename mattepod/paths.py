@@ -48,7 +48,7 @@ def slug(text: str, fallback: str = "run") -> str:
 def _check_text(text: str | os.PathLike | None, what: str) -> str:
     value = "" if text is None else os.fspath(text)
     if not value.strip():
-        raise InputNotFoundError(f"{what}: no path given", "give a file path")
+        raise InputNotFoundError(f"{what}: no file path given", "give a file path")
     if "\x00" in value:
         raise InputNotFoundError(f"{what}: the path holds a NUL character", "give a plain file path")
     return value

@@ -35,9 +35,10 @@ class Settings(BaseModel):
                                    description="size limit of a video fetched by URL")
     max_mask_mb: float = Field(64, gt=0, alias="MATTEPOD_MAX_MASK_MB",
                                description="size limit of a mask (URL download or decoded base64)")
-    allow_private_urls: bool = Field(False, alias="MATTEPOD_ALLOW_PRIVATE_URLS",
-                                     description="fetch URLs that resolve to private/loopback/link-local "
-                                     "addresses (a self-hosted setup with a local file server)")
+    allow_private_urls: str | None = Field(None, alias="MATTEPOD_ALLOW_PRIVATE_URLS",
+                                           description="1 = fetch URLs that resolve to private/loopback/"
+                                           "link-local addresses too (a self-hosted setup with a local file "
+                                           "server), or a comma list of networks allowed, e.g. 10.0.0.0/8")
     progress_interval: float = Field(2.0, ge=0, alias="MATTEPOD_PROGRESS_INTERVAL",
                                      description="seconds between serverless progress updates")
     engine_cache: int = Field(2, ge=1, alias="MATTEPOD_ENGINE_CACHE",
@@ -47,6 +48,12 @@ class Settings(BaseModel):
     max_jobs: int = Field(1, ge=1, alias="MATTEPOD_MAX_JOBS", description="app jobs running at once")
     job_script: str | None = Field(None, alias="MATTEPOD_JOB_SCRIPT", description="the app's job entry point")
     run_cmd: str | None = Field(None, alias="MATTEPOD_RUN_CMD", description="batch: the `mattepod run` command")
+    webhook_post_output: str | None = Field(None, alias="RUNPOD_WEBHOOK_POST_OUTPUT",
+                                            description="set by RunPod: where progress updates are posted")
+    runpod_endpoint_id: str | None = Field(None, alias="RUNPOD_ENDPOINT_ID",
+                                           description="split.dispatch: this endpoint's id")
+    runpod_api_key: str | None = Field(None, alias="RUNPOD_API_KEY", repr=False,
+                                       description="split.dispatch / the split client: the RunPod API key")
 
     @property
     def max_download_bytes(self) -> int:
