@@ -60,7 +60,15 @@ class EncodeError(MattePodError):
     exit_code = 10
 
 
+class OutputPathError(MattePodError):
+    """The output folder or run folder cannot be written: read-only, not a folder, no permission."""
+
+    exit_code = 11
+
+
 class CancelledError(MattePodError):
+    """SIGTERM/SIGINT: the run stopped at a frame boundary and can be resumed."""
+
     exit_code = 130
 
 

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mattepod.config import EngineConfig
 from mattepod.engine import Engine, MaskFollowEngine
 from mattepod.errors import ConfigError, InvalidMediaError, MaskError, WeightsError
+from mattepod import devframes
 from mattepod import weights as weights_manifest
 from mattepod.matanyone import prep
 from mattepod.matanyone.core import CoreConfig, InferenceCore, pad_amounts
@@ -66,6 +66,7 @@ class MatAnyoneEngine:
     """MatAnyone behind the streaming ``Engine`` protocol (one subject)."""
 
     name = "matanyone"
+    accepts_16bit = True  # uint16 RGB frames (10-bit sources) keep their precision into the network
 
     def __init__(self, net: MatAnyoneNet, cfg: EngineConfig | None = None, *, readout_block_mb: int = 64):
         """``readout_block_mb``: memory of one block of the chunked top-k readout (the full affinity
@@ -83,6 +84,7 @@ class MatAnyoneEngine:
                 for attr in ("pixel_encoder", "mask_encoder", "mask_decoder"):
                     setattr(net, attr, torch.compile(getattr(net, attr), dynamic=False))
         self.net = net
+        self.frames = devframes.cache_for(self.device)
         self.readout_block_mb = readout_block_mb
         block = readout_block_mb * (1 << 20) // 4
         self.core = InferenceCore(net, CoreConfig(self.cfg.mem_every, self.cfg.max_mem_frames, self.cfg.top_k,
@@ -143,9 +145,9 @@ class MatAnyoneEngine:
                 "max_mem_frames": c.max_mem_frames, "top_k": c.top_k}
 
     def _frame(self, frame: np.ndarray, starting: bool = False) -> torch.Tensor:
-        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-            raise InvalidMediaError(f"frame must be uint8 (H, W, 3) RGB, got {frame.dtype} {frame.shape}",
-                                    "decode the video to rgb24")
+        if frame.dtype not in (np.uint8, np.uint16) or frame.ndim != 3 or frame.shape[2] != 3:
+            raise InvalidMediaError(f"frame must be uint8 or uint16 (H, W, 3) RGB, got {frame.dtype} {frame.shape}",
+                                    "decode the video to rgb24 (or rgb48 for 16-bit)")
         hw = tuple(frame.shape[:2])
         if starting:
             self.frame_hw = hw
@@ -154,9 +156,8 @@ class MatAnyoneEngine:
         elif hw != self.frame_hw:
             raise InvalidMediaError(f"frame size changed from {self.frame_hw} to {hw} mid-stream",
                                     "give frames of one size (re-encode the input)")
-        frame = np.ascontiguousarray(frame) if frame.flags.writeable else frame.copy()  # decoder buffers are read-only
-        img = torch.from_numpy(frame).to(self.device).permute(2, 0, 1).float()
-        return prep.resize_frame(img, self.internal_hw) / 255.0
+        # Uploaded once (pinned + non_blocking on CUDA) and remembered: the encode stage composites from it.
+        return devframes.to_matting(self.frames.upload(frame), self.internal_hw)
 
     def _check_size(self) -> None:
         h, w = self.internal_hw
@@ -180,9 +181,10 @@ class MatAnyoneEngine:
 
     def _alpha(self, alpha: torch.Tensor) -> np.ndarray:
         self.last_internal_alpha = alpha
-        if tuple(alpha.shape) != self.frame_hw:
-            alpha = F.interpolate(alpha[None, None], size=self.frame_hw, mode="bilinear", align_corners=False)[0, 0]
-        return alpha.clamp(0.0, 1.0).to("cpu", torch.float32).numpy()
+        full = devframes.upsample_alpha(alpha, self.frame_hw)
+        host = devframes.download(full)
+        self.frames.remember(host, full)  # the encode stage composites on the device from this copy
+        return host
 
 
 class MatAnyonePair:

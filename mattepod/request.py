@@ -110,6 +110,7 @@ class PromptRequest(_Req):
     normalized: bool | None = None
     auto_person: bool | None = None
     keyframes: list[dict[str, Any]] | None = Field(None, description="prompt.keyframes entries")
+    subjects: list[dict[str, Any]] | None = Field(None, description="prompt.subjects entries (several subjects)")
 
     @field_validator("points", mode="before")
     @classmethod
@@ -128,7 +129,7 @@ class PromptRequest(_Req):
             raise ValueError(err.problem) from None
 
     def is_empty(self) -> bool:
-        return not (self.mask or self.points or self.box or self.auto_person or self.keyframes)
+        return not (self.mask or self.points or self.box or self.auto_person or self.keyframes or self.subjects)
 
 
 class RunRequest(_Req):
@@ -162,7 +163,7 @@ class RunRequest(_Req):
 
 def _prompt_keys(p: PromptRequest) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name in ("frame", "mask", "normalized", "auto_person", "keyframes"):
+    for name in ("frame", "mask", "normalized", "auto_person", "keyframes", "subjects"):
         value = getattr(p, name)
         if value is not None:
             out[f"prompt.{name}"] = value
@@ -252,5 +253,5 @@ def require_prompt(cfg: cfgmod.Config, hint: str = "give prompt.mask, prompt.poi
                    "prompt.auto_person") -> None:
     """MaskError when nothing says which subject to matte (checked before any work starts)."""
     p = cfg.prompt
-    if not (p.mask or p.points or p.box or p.auto_person):
+    if not (p.mask or p.points or p.box or p.auto_person or getattr(p, "subjects", None)):
         raise MaskError("no prompt: nothing says which subject to matte", hint)

@@ -324,6 +324,13 @@ class EnginePool:
                 while len(self._free) > self.keep:
                     self._free.popitem(last=False)
 
+    def clear(self) -> int:
+        """Forget every idle engine (after a CUDA fault they hold a dead context); returns how many."""
+        with self._lock:
+            count = sum(len(engines) for engines in self._free.values())
+            self._free.clear()
+        return count
+
     def preload(self, cfg: cfgmod.Config) -> None:
         """Build the engine before the first job (worker start), so no job pays for loading weights."""
         with self.lease() as factory:
@@ -600,7 +607,9 @@ def main() -> None:
     for line in check_storage():
         log.warning(line)
     preload_from_env()
-    runpod.serverless.start({"handler": handler})
+    from mattepod import gpuhealth
+
+    runpod.serverless.start({"handler": gpuhealth.guard(handler, ENGINES.clear)})  # CUDA fault -> refresh_worker
 
 
 if __name__ == "__main__":

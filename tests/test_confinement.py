@@ -29,6 +29,8 @@ KEYS = {
     "prompt.mask_subtract": lambda v: [v],
     "prompt.keyframes": lambda v: [{"frame": 1, "mask": v}],
     "outputs.background": lambda v: v,
+    "prompt.subjects": lambda v: [{"name": "a", "mask": "mask.png", "keyframes": [{"frame": 2, "mask": v}]},
+                                  {"name": "b", "mask": v}],
 }
 DIR_KEYS = {"output_dir", "weights_dir"}
 FORMS = ["dotdot", "dotdot_abs", "absolute", "symlink", "nul"]
