@@ -13,14 +13,15 @@
 #
 # Environment: REHEARSE_DIR (work folder, default /var/tmp/mattepod-rehearse), REHEARSE_ALLOW_SKIP=1 (exit 0 with
 # {"status": "skipped"} when this machine cannot build: not root, no podman/debootstrap; CI never sets it),
-# DEBIAN_MIRROR, PYTHON (host Python with the project's dependencies, default python3), and the pip settings
-# passed into the build only when set: PIP_CERT (or SSL_CERT_FILE), PIP_INDEX_URL, PIP_FIND_LINKS.
+# DEBIAN_MIRROR, PYTHON (host Python with the project's dependencies, default python3), PODMAN (its binary), and
+# the pip settings passed into the build only when set: PIP_CERT (or SSL_CERT_FILE), PIP_INDEX_URL, PIP_FIND_LINKS.
 set -Eeuo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 work="${REHEARSE_DIR:-/var/tmp/mattepod-rehearse}"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 python_bin="${PYTHON:-python3}"
+podman="${PODMAN:-podman}"
 store=(--root "$work/store" --runroot "$work/run" --storage-driver overlay)
 ui_image="localhost/mattepod-rehearse:ui"
 sls_image="localhost/mattepod-rehearse:serverless"
@@ -40,26 +41,27 @@ skip_or_fail() {
 }
 
 cleanup() {
-    local rc=$?
+    local rc=$? mounts m
+    set +e  # best effort: every step runs, the rehearsal's own exit status is kept
+    trap - ERR
     if [[ "${REHEARSE_KEEP:-0}" == "1" ]]; then
         log "REHEARSE_KEEP=1: leaving the store in $work"
         return "$rc"
     fi
-    podman "${store[@]}" image unmount --all >/dev/null 2>&1 || true
-    podman "${store[@]}" rmi --all --force >/dev/null 2>&1 || true
-    # Leftover overlay mounts under the work folder (a crashed start) would make rm fail: unmount them first.
-    if [[ -d "$work" ]]; then
-        grep -o " $work/[^ ]*" /proc/self/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
-        rm -rf "$work"
-    fi
-    log "store removed ($work)"
+    "$podman" "${store[@]}" image unmount --all >/dev/null 2>&1
+    "$podman" "${store[@]}" rmi --all --force >/dev/null 2>&1
+    # Leftover mounts under the work folder (a crashed start) would make rm fail: unmount them, deepest first.
+    mounts="$(grep -o " $work/[^ ]*" /proc/self/mounts | sort -r)"
+    for m in $mounts; do umount -l "$m" 2>/dev/null; done
+    rm -rf "$work"
+    if [[ -e "$work" ]]; then log "could not remove $work: remove it by hand"; else log "store removed ($work)"; fi
     return "$rc"
 }
 
 # ---------------------------------------------------------------- preflight
-(( EUID == 0 )) || skip_or_fail "needs root (debootstrap, chroot, mounts)"
-command -v podman >/dev/null || skip_or_fail "podman is not installed (apt-get install podman)"
+command -v "$podman" >/dev/null || skip_or_fail "podman is not installed (apt-get install podman)"
 command -v debootstrap >/dev/null || skip_or_fail "debootstrap is not installed (apt-get install debootstrap)"
+(( EUID == 0 )) || skip_or_fail "needs root (debootstrap, chroot, mounts)"
 "$python_bin" -c "import mattepod, numpy, PIL" 2>/dev/null \
     || fail "$python_bin cannot import the project (activate the venv or set PYTHON)"
 base="$(awk 'toupper($1) == "FROM" { print $2; exit }' "$repo/Dockerfile")"
@@ -86,8 +88,8 @@ deb http://deb.debian.org/debian-security bookworm-security main
 EOF
 rm -rf "$work/rootfs/var/lib/apt/lists/"* "$work/rootfs/var/cache/apt/"*.bin "$work/rootfs/var/cache/apt/archives/"*.deb
 tar -C "$work/rootfs" --numeric-owner -cf - . \
-    | podman "${store[@]}" import --change 'CMD ["bash"]' - "docker.io/library/$base" >/dev/null
-podman "${store[@]}" tag "docker.io/library/$base" "localhost/$base"
+    | "$podman" "${store[@]}" import --change 'CMD ["bash"]' - "docker.io/library/$base" >/dev/null
+"$podman" "${store[@]}" tag "docker.io/library/$base" "localhost/$base"
 rm -rf "$work/rootfs"
 t_bootstrap=$((SECONDS - t0))
 log "base $base imported in ${t_bootstrap}s"
@@ -114,19 +116,19 @@ fi
 step="build serverless"
 t0=$SECONDS
 log "podman build --target serverless ..."
-podman "${store[@]}" build "${build_args[@]}" --target serverless -t "$sls_image" "$repo" >"$work/build-serverless.log" 2>&1 \
+"$podman" "${store[@]}" build "${build_args[@]}" --target serverless -t "$sls_image" "$repo" >"$work/build-serverless.log" 2>&1 \
     || { tail -n 40 "$work/build-serverless.log" >&2; fail "podman build --target serverless failed (log above)"; }
 t_build_sls=$((SECONDS - t0))
 step="build ui"
 t0=$SECONDS
 log "podman build --target ui (shares the serverless build's layers) ..."
-podman "${store[@]}" build "${build_args[@]}" --target ui -t "$ui_image" "$repo" >"$work/build-ui.log" 2>&1 \
+"$podman" "${store[@]}" build "${build_args[@]}" --target ui -t "$ui_image" "$repo" >"$work/build-ui.log" 2>&1 \
     || { tail -n 40 "$work/build-ui.log" >&2; fail "podman build --target ui failed (log above)"; }
 t_build_ui=$((SECONDS - t0))
 grep -E "^imports ok" "$work/build-serverless.log" >&2 || true
 
 step="sizes"
-size_mb() { podman "${store[@]}" image inspect --format '{{.Size}}' "$1" | awk '{ printf "%d", $1 / 1000000 }'; }
+size_mb() { "$podman" "${store[@]}" image inspect --format '{{.Size}}' "$1" | awk '{ printf "%d", $1 / 1000000 }'; }
 base_mb="$(size_mb "docker.io/library/$base")"
 ui_mb="$(size_mb "$ui_image")"
 sls_mb="$(size_mb "$sls_image")"
@@ -136,8 +138,8 @@ log "sizes: base ${base_mb} MB, ui ${ui_mb} MB, serverless ${sls_mb} MB"
 step="start"
 for target in ui serverless; do
     image="localhost/mattepod-rehearse:$target"
-    podman "${store[@]}" image inspect "$image" >"$work/$target.inspect.json"
-    mnt="$(podman "${store[@]}" image mount "$image")"
+    "$podman" "${store[@]}" image inspect "$image" >"$work/$target.inspect.json"
+    mnt="$("$podman" "${store[@]}" image mount "$image")"
     printf '%s\n' "$mnt" >"$work/$target.mount"
 done
 cat >"$work/build.json" <<EOF

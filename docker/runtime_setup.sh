@@ -22,7 +22,7 @@ done
 
 # Fail fast on the wrong host: when a GPU is expected (a driver is visible, or RunPod says it gave GPUs) the
 # driver must run CUDA 13.0 and torch must see the device; otherwise stop with one line naming RunPod's
-# "CUDA 13.0+" filter (exit 11). MATTEPOD_GPU_CHECK: auto (default), require, off.
+# "CUDA 13.0+" filter (exit 12). MATTEPOD_GPU_CHECK: auto (default), require, off.
 if [[ "${MATTEPOD_GPU_CHECK:-auto}" != "off" ]]; then
     status=0
     "$python_bin" -m mattepod.gpuhealth || status=$?

@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-frames", type=int)
     r.add_argument("--scale", type=float, help="matting resolution relative to the input (0 < s <= 1)")
     r.add_argument("--mode", choices=["mono", "vr180"], help="stereo.mode")
+    r.add_argument("--gt", help="ground-truth matte (PNG folder or video): measure the run's matte at the end (quality.gt)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run folder")
     r.add_argument("--dry-run", action="store_true", help="validate, probe the input, print the plan; write nothing")
@@ -104,6 +105,8 @@ def request_from_args(args: argparse.Namespace) -> rq.RunRequest:
                                                                 if args.person_count else [])
     elif args.auto_person:
         fields["auto_person"] = True
+    if getattr(args, "gt", None) is not None:
+        o["quality.gt"] = args.gt
     outputs = [f.strip() for f in args.outputs.split(",") if f.strip()] if args.outputs else None
     return rq.parse({"input": args.input, "prompt": fields or None, "outputs": outputs,
                      "start_frame": args.start_frame, "max_frames": args.max_frames, "scale": args.scale,
@@ -203,3 +206,8 @@ def _report(res: Any, args: argparse.Namespace) -> None:
         print(f"completed: {res.run_dir}")
         for fmt, name in res.outputs.items():
             print(f"  {fmt}: {res.run_dir / name}")
+        quality = res.metadata.get("quality")
+        if quality:
+            from mattepod.quality import report_lines
+
+            print("\n".join(report_lines(quality, res.run_dir)))

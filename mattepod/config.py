@@ -210,6 +210,14 @@ class RuntimeConfig(_Strict):
     threads: int = Field(0, ge=0, description="CPU threads for torch (0 = torch's default)")
 
 
+class QualityConfig(_Strict):
+    gt: str | None = Field(None, description="ground-truth matte of the input (PNG folder or video; one frame per "
+                           "input or per processed frame): the run ends by measuring its matte (quality.json)",
+                           json_schema_extra=READ)
+    depth: Literal["field", "native"] = Field("field", description="how mattes are read for the metrics: field "
+                                              "(8-bit grey, as published evaluations) or native (full precision)")
+
+
 class Config(_Strict):
     input: str | None = Field(None, description="video file or folder of images (also --input)",
                               json_schema_extra=READ)
@@ -226,6 +234,7 @@ class Config(_Strict):
     stereo: StereoConfig = Field(default_factory=StereoConfig, description="VR180 stereo mode")
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig, description="segments and resume")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="threads and queues")
+    quality: QualityConfig = Field(default_factory=QualityConfig, description="matting metrics against a ground truth")
 
     @model_validator(mode="after")
     def _packed_needs_vr(self) -> "Config":

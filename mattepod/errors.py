@@ -66,6 +66,12 @@ class OutputPathError(MattePodError):
     exit_code = 11
 
 
+class GpuHostError(MattePodError):
+    """The host cannot run the image's CUDA (driver too old, GPU not given to the container): start-up stops."""
+
+    exit_code = 12
+
+
 class CancelledError(MattePodError):
     """SIGTERM/SIGINT: the run stopped at a frame boundary and can be resumed."""
 

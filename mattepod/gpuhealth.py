@@ -28,13 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mattepod.errors import GpuHostError
+
 log = logging.getLogger("mattepod.gpuhealth")
 
 REQUIRED_CUDA = "13.0"
 MIN_DRIVER = 580  # the first driver branch that runs CUDA 13.0 (NVIDIA's CUDA toolkit/driver table)
 RUNPOD_FILTER = "on RunPod choose GPUs with the CUDA 13.0+ filter (pod: 'CUDA Versions'; endpoint: 'CUDA Versions' " \
                 "under Advanced); elsewhere update the NVIDIA driver to 580 or newer"
-EXIT_WRONG_HOST = 11
+EXIT_WRONG_HOST = GpuHostError.exit_code  # 12
 
 # What torch/CUDA say when the device or its context is broken (not an out-of-memory: that context survives).
 _FAULT = re.compile(
@@ -67,8 +69,9 @@ class HostReport:
             return (f"the host's NVIDIA driver {self.driver} is too old for this image's CUDA {REQUIRED_CUDA} "
                     f"(needs {MIN_DRIVER}+) -> {RUNPOD_FILTER}")
         if self.available is False:
-            return (f"torch (CUDA {self.torch_cuda}) cannot use the GPU with driver {self.driver} -> {RUNPOD_FILTER}, "
-                    "and check NVIDIA_VISIBLE_DEVICES / NVIDIA_DRIVER_CAPABILITIES")
+            return (f"torch (CUDA {self.torch_cuda}) cannot use a GPU although the host has NVIDIA driver "
+                    f"{self.driver} -> give the container the GPU (docker run --gpus all; NVIDIA_VISIBLE_DEVICES not "
+                    "empty), or set MATTEPOD_GPU_CHECK=off to run on the CPU")
         return None
 
 
@@ -115,7 +118,7 @@ def check_host(env: dict[str, str] | None = None, driver: str | None = None, pro
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mattepod.gpuhealth``: exit 0 when the host suits the image, else 11 with one line."""
+    """``python -m mattepod.gpuhealth``: exit 0 when the host suits the image, else 12 with one line."""
     del argv
     report = check_host()
     problem = report.problem()

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 import mattepod
-from mattepod import config as config_mod
+from mattepod import config as config_mod, quality
 from mattepod.checkpoint import Manifest, ManifestDamaged
 from mattepod.config import Config
 from mattepod.errors import CancelledError, InvalidMediaError, MaskError, MattePodError, RunStateError
@@ -57,7 +57,8 @@ def run(cfg: Config, opts: RunOptions | None = None) -> RunResult:
     info: MediaInfo | None = None
     if not opts.resume:  # a new run: bad input fails before any folder exists
         info = _probe_input(cfg)
-        _frame_range(cfg, info)
+        first, count = _frame_range(cfg, info)
+        quality.precheck(cfg, info, first, count)  # issue 17: a ground truth that does not fit stops here
         if cfg.recovery.auto_resume and opts.run_dir is None:
             found = find_resumable(Path(cfg.output_dir), cfg)
             if found is not None:

@@ -16,12 +16,17 @@ from mattepod.media.tools import binary
 
 def plan(cfg: Config) -> dict[str, Any]:
     """What a run would do (``--dry-run``): validated config + input probe + frame range; creates nothing."""
+    from mattepod import quality  # numpy/OpenCV only
+
     info = probe_input(cfg)
     first, count = frame_range(cfg, info)
+    gt_start = quality.precheck(cfg, info, first, count)  # issue 17
     return {"input": info.to_json(), "start_frame": first, "frames": count, "engine": cfg.engine.name,
             "outputs": list(cfg.outputs.formats), "prompt_frame": cfg.prompt.frame,
             "segments": -(-count // cfg.recovery.segment_frames), "stereo": cfg.stereo.mode,
-            "weights_dir": str(cfg.resolved_weights_dir())}
+            "weights_dir": str(cfg.resolved_weights_dir()),
+            "quality": None if gt_start is None else {"gt": cfg.quality.gt, "gt_start": gt_start,
+                                                      "depth": cfg.quality.depth}}
 
 
 def probe_input(cfg: Config) -> MediaInfo:

@@ -82,7 +82,9 @@ class RunOptions:
 def finish_hooks(run: "Run") -> list[tuple[str, FinishHook]]:
     """The finish steps of a run, in order, as (name, hook). Later features add one line here
     (browser proxies, quality against ``--gt``); callers add their own through ``RunOptions.finish_hooks``."""
-    hooks: list[tuple[str, FinishHook]] = []
+    from mattepod import quality
+
+    hooks: list[tuple[str, FinishHook]] = [("quality", quality.finish_hook)]  # issue 17: quality.gt -> quality.json
     return hooks + list(run.opts.finish_hooks)
 
 

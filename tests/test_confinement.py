@@ -29,6 +29,7 @@ KEYS = {
     "prompt.mask_subtract": lambda v: [v],
     "prompt.keyframes": lambda v: [{"frame": 1, "mask": v}],
     "outputs.background": lambda v: v,
+    "quality.gt": lambda v: v,
     "prompt.subjects": lambda v: [{"name": "a", "mask": "mask.png", "keyframes": [{"frame": 2, "mask": v}]},
                                   {"name": "b", "mask": v}],
 }

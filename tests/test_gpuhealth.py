@@ -58,7 +58,7 @@ def test_gpu_expectation() -> None:
     ok = gpuhealth.HostReport(expected=True, driver="580.95.05", torch_cuda="13.0", available=True)
     assert ok.problem() is None
     blind = gpuhealth.HostReport(expected=True, driver="590.44.01", torch_cuda="13.0", available=False)
-    assert "cannot use the GPU" in (blind.problem() or "")
+    assert "--gpus all" in (blind.problem() or "") and "MATTEPOD_GPU_CHECK=off" in (blind.problem() or "")
 
 
 def _module(env: dict[str, str]) -> subprocess.CompletedProcess:
