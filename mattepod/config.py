@@ -208,6 +208,20 @@ class RecoveryConfig(_Strict):
 class RuntimeConfig(_Strict):
     queue_size: int = Field(8, ge=1, le=256, description="frames buffered between decode, model and encode")
     threads: int = Field(0, ge=0, description="CPU threads for torch (0 = torch's default)")
+    adaptive_scale: bool = Field(True, description="choose the matting size from the free device memory and "
+                                 "step it down on out-of-memory instead of failing (MatAnyone)")
+    min_scale: float = Field(0.25, gt=0, le=1, description="smallest matting size adaptive scaling may use, "
+                             "fraction of the size engine.max_size gives")
+    max_scale: float = Field(1.0, gt=0, le=1, description="largest matting size adaptive scaling may use, "
+                             "fraction of the size engine.max_size gives")
+    target_memory: float = Field(0.85, gt=0, le=1, description="fraction of the device memory free at start "
+                                 "the predicted matting peak may use")
+
+    @model_validator(mode="after")
+    def _scale_range(self) -> "RuntimeConfig":
+        if self.min_scale > self.max_scale:
+            raise ValueError(f"runtime.min_scale {self.min_scale} is above runtime.max_scale {self.max_scale}")
+        return self
 
 
 class QualityConfig(_Strict):

@@ -33,6 +33,10 @@ from mattepod.media.writer import FFmpegWriter
 EVEN_PAD = ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
 
 
+# Encoder presets (bench/encode_speed.py measures every one; CONFIG.md "Encoder speed" says why these).
+PRESETS = {"libx264": "fast", "libx265": "fast", "h264_nvenc": "p5", "hevc_nvenc": "p5"}
+
+
 def hex_rgb(color: str) -> np.ndarray:
     return np.array([int(color[i:i + 2], 16) for i in (1, 3, 5)], np.float32)
 
@@ -40,7 +44,8 @@ def hex_rgb(color: str) -> np.ndarray:
 def over(frame: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.ndarray:
     """frame*alpha + background*(1-alpha) as uint8 (background: a colour (3,) or an image like frame)."""
     a = alpha[..., None]
-    out = frame.astype(np.float32) * a + background * (1.0 - a)
+    f = frame.astype(np.float32) / (257.0 if frame.dtype == np.uint16 else 1.0)  # 16-bit frames: 0..255 scale
+    out = f * a + background * (1.0 - a)
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -50,11 +55,13 @@ def alpha16(alpha: np.ndarray) -> np.ndarray:
 
 def rgba8(frame: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     a = np.round(alpha * 255.0).astype(np.uint8)
+    if frame.dtype == np.uint16:
+        frame = np.round(frame / 257.0).astype(np.uint8)
     return np.concatenate([frame, a[..., None]], axis=2)
 
 
 def rgba16(frame: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    rgb = frame.astype(np.uint16) * 257
+    rgb = frame if frame.dtype == np.uint16 else frame.astype(np.uint16) * 257
     return np.concatenate([rgb, alpha16(alpha)[..., None]], axis=2)
 
 
@@ -90,16 +97,18 @@ class RenderContext:
         assert self.background is not None and self.cache is not None
         return self.cache.upload(self.background(0))
 
-    def x264(self) -> list[str]:
+    def x264(self, preset: str | None = None) -> list[str]:
         enc = self.video_encoders["h264"]
-        q = ["-cq", str(self.cfg.crf), "-preset", "p5"] if "nvenc" in enc else ["-crf", str(self.cfg.crf), "-preset", "fast"]
+        preset = preset or PRESETS[enc if enc in PRESETS else "libx264"]
+        q = ["-cq", str(self.cfg.crf), "-preset", preset] if "nvenc" in enc else ["-crf", str(self.cfg.crf), "-preset", preset]
         return [*EVEN_PAD, "-c:v", enc, *q, "-pix_fmt", "yuv420p"]
 
-    def x265_10(self) -> list[str]:
+    def x265_10(self, preset: str | None = None) -> list[str]:
         enc = self.video_encoders["hevc"]
+        preset = preset or PRESETS[enc if enc in PRESETS else "libx265"]
         if "nvenc" in enc:
-            return [*EVEN_PAD, "-c:v", enc, "-cq", str(self.cfg.crf), "-preset", "p5", "-pix_fmt", "p010le", "-tag:v", "hvc1"]
-        return [*EVEN_PAD, "-c:v", enc, "-crf", str(self.cfg.crf), "-preset", "fast", "-pix_fmt", "yuv420p10le",
+            return [*EVEN_PAD, "-c:v", enc, "-cq", str(self.cfg.crf), "-preset", preset, "-pix_fmt", "p010le", "-tag:v", "hvc1"]
+        return [*EVEN_PAD, "-c:v", enc, "-crf", str(self.cfg.crf), "-preset", preset, "-pix_fmt", "yuv420p10le",
                 "-x265-params", "log-level=error", "-tag:v", "hvc1"]
 
 

@@ -187,7 +187,9 @@ def build_engine(cfg: Config) -> Engine:
         return MaskFollowEngine()
     from mattepod.matting import build_engine as build_matting  # torch-heavy; only when asked for
 
-    return build_matting(cfg.engine, cfg.resolved_weights_dir())
+    from mattepod.adaptive import AdaptiveScale
+
+    return build_matting(cfg.engine, cfg.resolved_weights_dir(), AdaptiveScale.from_runtime(cfg.runtime))
 
 
 class ScaledEngine:
@@ -196,6 +198,7 @@ class ScaledEngine:
     def __init__(self, inner: Engine, scale: float):
         self.inner, self.scale = inner, scale
         self.name = getattr(inner, "name", "engine")
+        self.accepts_16bit = getattr(inner, "accepts_16bit", False)  # cv2.resize keeps uint16
 
     def _down(self, img: np.ndarray, interp: int) -> np.ndarray:
         if self.scale == 1.0:
@@ -558,6 +561,12 @@ class Run:
             self.folder.update(**self._engine_report())
         return self.engine
 
+    def depth(self) -> int:
+        """16 when the engine asks for 16-bit frames and the source has more than 8 bits (hook, #15)."""
+        from mattepod.media.reader import frame_depth
+
+        return frame_depth(self.info, self.ensure_engine(), bool(self.keyframes))
+
     def prompt(self) -> np.ndarray:
         """The prompt mask on frame k (SAM 2 / detector freed afterwards unless keyframes need them)."""
         if self.prompt_mask is None:
@@ -594,7 +603,7 @@ class Run:
         self.events.trim(lambda r: r.get("pass") == "backward")
         self.spill.mkdir(exist_ok=True)
         self.progress.begin("backward", 0, total=k)
-        engine.start(read_frame(info, self.first + k), mask)
+        engine.start(read_frame(info, self.first + k, depth=self.depth()), mask)
         self.started = True
         _ = getattr(engine, "drain_events", lambda: [])()  # frame k is recorded by the forward pass
         done = 0
@@ -602,7 +611,7 @@ class Run:
         for chunk in range((k - 1) // n, -1, -1):
             lo = chunk * n
             hi = min(k, lo + n)
-            frames = list(read_frames(info, self.first + lo, hi - lo))  # one bounded chunk
+            frames = list(read_frames(info, self.first + lo, hi - lo, depth=self.depth()))  # one bounded chunk
             out = np.zeros((n, info.height, info.width), np.uint16)
             for j in range(hi - lo - 1, -1, -1):
                 self.cancel.check()
@@ -650,7 +659,7 @@ class Run:
         t_wall = time.perf_counter()
         stage = EncodeStage(self, self.outs).start()
         try:
-            frames = prefetch(read_frames(self.info, self.first + decode_from, count - decode_from),
+            frames = prefetch(read_frames(self.info, self.first + decode_from, count - decode_from, depth=self.depth()),
                               self.cfg.runtime.queue_size, self.clock)
             for i, frame in enumerate(frames, start=decode_from):
                 self.cancel.check()

@@ -148,3 +148,18 @@ def test_engine_alpha_equals_the_previous_adapter_path(tmp_path_factory, one_thr
         a = torch.nn.functional.interpolate(a[None, None], size=f.shape[:2], mode="bilinear",
                                             align_corners=False)[0, 0].clamp(0, 1).numpy()
         assert np.abs(got[i] - a).max() <= 1e-5
+
+
+def test_engine_takes_16bit_frames(tmp_path_factory, one_thread):
+    """uint16 frames (a 10-bit source) through MatAnyoneEngine: x*257 gives the uint8 frame's alphas."""
+    need_reference()
+    from mattepod.matting import build_engine
+
+    eng = build_engine(EngineConfig(device="cpu", precision="fp32", warmup=1), write_weights(tmp_path_factory))
+    frames = [read_rgb(p) for p in sorted((case_dir("tiny") / "frames").glob("*.png"))][:3]
+    mask = read_grey(case_dir("tiny") / "mask.png").astype(np.float32) / 255.0
+    a8 = [eng.start(frames[0], mask)] + [eng.step(f) for f in frames[1:]]
+    f16 = [f.astype(np.uint16) * 257 for f in frames]
+    a16 = [eng.start(f16[0], mask)] + [eng.step(f) for f in f16[1:]]
+    for x, y in zip(a8, a16):
+        assert np.abs(x - y).max() <= 1e-5
