@@ -306,10 +306,13 @@ def start_job(state: AppState, input_path: str, points: list, box: list | None, 
     src = resolve_input(state, input_path)
     if not src.is_file():
         raise gr.Error(f"{src.name} does not exist any more -> upload it again")
-    if mask is None and not points and box is None:
+    subjects = rq.flatten(overrides).get("prompt.subjects")  # issue 16: a subjects list replaces the single prompt
+    if mask is None and not points and box is None and not subjects:
         raise gr.Error("no prompt: click on the subject, paint it with the brush, or upload a mask")
     prompt: dict[str, Any] = {"frame": int(prompt_frame or 0)}
-    if mask is None:
+    if subjects and (mask is not None or points or box is not None):
+        raise gr.Error("give either prompt.subjects (in options) or one prompt (points/box/mask), not both")
+    if mask is None and not subjects:
         prompt["points"] = [{"x": x, "y": y, "label": int(lab)} for x, y, lab in points]
         prompt["box"] = box
     cfg = build_config(state, src, overrides, prompt)
@@ -635,7 +638,9 @@ def build_app(state: AppState) -> gr.Blocks:
         def api_submit(video, input_path, points, box, prompt_frame, mask, options):
             """Queue a job. video: an uploaded file (handle_file) or empty; input_path: a file already in the
             input/output volume; points: "[[x,y,label],...]" in pixels of the prompt frame; box: "x0,y0,x1,y1";
-            mask: a mask PNG (white = subject); options: JSON of config keys, e.g. {"engine.name": "mask"}."""
+            mask: a mask PNG (white = subject); options: JSON of config keys, e.g. {"engine.name": "mask"}.
+            Several subjects: leave points/box/mask empty and give options {"prompt.subjects": [{"name": "a",
+            "points": [{"x": 10, "y": 20}]}, {"name": "b", "box": [...]}, ...]} (clicks, boxes or auto_person)."""
             try:
                 src = adopt_upload(video, roots) if video else resolve_input(state, input_path)
             except MattePodError as err:

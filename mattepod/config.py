@@ -153,7 +153,7 @@ class EngineConfig(_Strict):
     tf32: bool = Field(True, description="allow TF32 matmuls on GPU (faster, slightly less exact)")
 
 
-OutputFormat = Literal["alpha", "green", "composite", "prores", "webm", "png", "alpha16", "packed"]
+OutputFormat = Literal["alpha", "green", "composite", "prores", "webm", "png", "alpha16", "packed", "idmap"]
 
 
 class OutputsConfig(_Strict):
@@ -161,7 +161,8 @@ class OutputsConfig(_Strict):
         default_factory=lambda: ["alpha", "green"],
         description="any of: alpha (matte video), green (foreground over a colour), composite (over "
                     "background), prores (RGBA .mov), webm (RGBA VP9), png (RGBA sequence), alpha16 "
-                    "(16-bit alpha PNGs), packed (VR180 fisheye alpha-packed passthrough)")
+                    "(16-bit alpha PNGs), packed (VR180 fisheye alpha-packed passthrough), idmap (with prompt.subjects: "
+                    "8-bit PNGs, pixel = 1 + index of the subject with the largest alpha, 0 = background)")
     alpha_codec: Literal["hevc10", "ffv1"] = Field("hevc10", description="alpha video codec: 10-bit HEVC or lossless FFV1")
     color: str = Field("#00B140", description="background colour of the green output, #RRGGBB")
     background: str | None = Field(None, description="image or video behind the subject for composite",
@@ -254,6 +255,8 @@ class Config(_Strict):
     def _packed_needs_vr(self) -> "Config":
         if "packed" in self.outputs.formats and self.stereo.mode != "vr180":
             raise ValueError("outputs.formats 'packed' needs stereo.mode: vr180")
+        if "idmap" in self.outputs.formats and not self.prompt.subjects:
+            raise ValueError("outputs.formats 'idmap' needs prompt.subjects (several subjects)")
         if "composite" in self.outputs.formats and not self.outputs.background:
             raise ValueError("outputs.formats 'composite' needs outputs.background (an image or video path)")
         return self

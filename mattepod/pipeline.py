@@ -152,6 +152,10 @@ def _make_run(cfg: Config, info: MediaInfo, first: int, count: int, folder: RunF
         log.info("VR180 layout %s (from %s)", layout.arrangement, layout.origin)
     encoders = _pick_encoders(cfg)
     folder.update(encoder=encoders, weights=_weights_used(cfg), segment_frames=manifest.segment_frames)
+    if cfg.prompt.subjects:  # several subjects (#16)
+        from mattepod.subjectrun import SubjectsRun
+
+        return SubjectsRun(cfg, info, first, count, folder, manifest, progress, cancel, opts, encoders, layout)
     return Run(cfg, info, first, count, folder, manifest, progress, cancel, opts, encoders, layout)
 
 
@@ -254,9 +258,10 @@ def _weights_used(cfg: Config) -> list[dict[str, str]]:
         files += [(cfg.engine.model, f) for f in (sorted(src.iterdir()) if src.is_dir() else [src])
                   if f.is_file() and not f.name.startswith(".")]
     p = cfg.prompt
-    if p.points or p.box or p.auto_person or p.reprompt_every or any(k.points or k.box or k.auto_person for k in p.keyframes):
-        names = [f"sam2.1_{p.sam2_model}"] + (["person_detector"] if p.auto_person or p.reprompt_every
-                                               or any(k.auto_person for k in p.keyframes) else [])
+    prompts = [p, *p.keyframes, *p.subjects, *(k for s in p.subjects for k in s.keyframes)]  # subjects: #16
+    if p.reprompt_every or any(q.points or q.box or q.auto_person for q in prompts):
+        names = [f"sam2.1_{p.sam2_model}"] + (["person_detector"] if p.reprompt_every
+                                               or any(q.auto_person for q in prompts) else [])
         for name in names:
             folder = weights.model_dir(name, wdir)
             files += [(name, folder / wf.filename) for wf in weights.MODELS[name].files if (folder / wf.filename).is_file()]

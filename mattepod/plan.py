@@ -47,4 +47,9 @@ def frame_range(cfg: Config, info: MediaInfo) -> tuple[int, int]:
         if spec >= count:
             raise MaskError(f"prompt frame {spec} is beyond the last processed frame ({count - 1})",
                             "choose a prompt frame inside the processed range")
+    for sub in cfg.prompt.subjects:  # prompt.subjects (#16): each subject's own frames
+        for f in [cfg.prompt.frame if sub.frame is None else sub.frame, *(k.frame for k in sub.keyframes)]:
+            if f >= count:
+                raise MaskError(f"subject {sub.name}: prompt frame {f} is beyond the last processed frame ({count - 1})",
+                                "choose a prompt frame inside the processed range")
     return cfg.start_frame, count

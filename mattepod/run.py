@@ -414,7 +414,9 @@ class EncodeStage:
                 elif kind == "frame":
                     _, i, frame, alpha = item
                     outs.write(i, frame, alpha)
-                    if i in self.preview_at:
+                    if i in self.preview_at and hasattr(outs, "previews"):  # several subjects (#16)
+                        outs.previews(i, frame, alpha, hex_rgb(run.cfg.outputs.color))
+                    elif i in self.preview_at:
                         _write_previews(run.run_dir, i, frame, alpha, run.cfg)
                     clock.add("encode", time.perf_counter() - t)
                 elif kind == "close":
