@@ -48,8 +48,11 @@ def single_cfg(tmp_path, clip, name, mask, frame=0, keyframes=()):
                               "prompt.frame": frame, "prompt.keyframes": [{"frame": f, "mask": str(m)} for f, m in keyframes]})
 
 
-def test_each_subject_equals_its_own_run_union_and_id_map(tmp_path, clip, masks):
+def test_each_subject_equals_its_own_run_union_and_id_map(tmp_path, clip, masks, monkeypatch):
     a, b, b2 = masks
+    import mattepod.subjectrun
+
+    monkeypatch.setattr(mattepod.subjectrun, "SPILL_CHUNK_BYTES", 96 * 64 * 7 * 3)  # backward in chunks of 3
     res = pipeline.run(subjects_cfg(tmp_path, clip, masks, exclusive=False), pipeline.RunOptions(progress_bar=False))
     d = res.run_dir
     assert res.status == "completed" and not list(d.glob("segments*")) and not (d / "spill").exists()
