@@ -372,8 +372,20 @@ class EncodeStage:
         if self.error:
             raise self.error[0]
 
-    def abort(self) -> None:
-        """Stop now (an error or a cancel): queued frames are dropped, the open segment's writers killed."""
+    def abort(self, keep_queued: bool = False) -> None:
+        """Stop after an error or a cancel; the open segment's writers are killed (it is redone on resume).
+
+        ``keep_queued``: segments already complete in the queue are still committed (an engine error loses
+        only the open segment); a cancel drops the queue instead, to stop within a frame or two."""
+        if keep_queued and not self.error and self.thread.is_alive():
+            deadline = time.monotonic() + 60
+            while self.thread.is_alive() and time.monotonic() < deadline:
+                try:
+                    self.q.put(_END, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            self.thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._stop.set()
         while True:
             try:
@@ -414,7 +426,9 @@ class EncodeStage:
                 elif kind == "frame":
                     _, i, frame, alpha = item
                     outs.write(i, frame, alpha)
-                    if i in self.preview_at:
+                    if i in self.preview_at and hasattr(outs, "previews"):  # several subjects (#16)
+                        outs.previews(i, frame, alpha, hex_rgb(run.cfg.outputs.color))
+                    elif i in self.preview_at:
                         _write_previews(run.run_dir, i, frame, alpha, run.cfg)
                     clock.add("encode", time.perf_counter() - t)
                 elif kind == "close":
@@ -658,9 +672,9 @@ class Run:
         seg, count = self.seg_len, self.count
         t_wall = time.perf_counter()
         stage = EncodeStage(self, self.outs).start()
+        frames = prefetch(read_frames(self.info, self.first + decode_from, count - decode_from, depth=self.depth()),
+                          self.cfg.runtime.queue_size, self.clock)
         try:
-            frames = prefetch(read_frames(self.info, self.first + decode_from, count - decode_from, depth=self.depth()),
-                              self.cfg.runtime.queue_size, self.clock)
             for i, frame in enumerate(frames, start=decode_from):
                 self.cancel.check()
                 encode = i >= encode_from
@@ -680,10 +694,11 @@ class Run:
                         stage.close(i // seg, done, blob)
                     self.progress.update(done)
             stage.finish()
-        except BaseException:
-            stage.abort()
+        except BaseException as exc:
+            stage.abort(keep_queued=not (isinstance(exc, (CancelledError, KeyboardInterrupt)) or self.cancel.flag.is_set()))
             raise
         finally:
+            frames.close()  # stops the decode thread and its ffmpeg now, not when the traceback is freed
             self.events.close()
         self.progress.update(count, force=True)
         self.timings = self.clock.report(time.perf_counter() - t_wall, count - encode_from)
