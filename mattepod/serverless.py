@@ -430,11 +430,13 @@ def _run_pipeline(cfg: cfgmod.Config, run_dir: Path, relay: ProgressRelay) -> di
     """Run (or resume, or return) the run in ``run_dir``: a retried job id lands on its own folder again."""
     from mattepod import pipeline
 
-    meta = read_json(run_dir / METADATA) or {}
-    if meta.get("status") == "completed":
+    from mattepod.jobs import next_action  # the one resume policy
+
+    action = next_action(run_dir)
+    if action == "skip":
         log.info("run %s already completed; returning it", run_dir)
-        return meta
-    resume = run_dir if meta else None
+        return read_json(run_dir / METADATA) or {}
+    resume = run_dir if action == "resume" else None
     with ENGINES.lease() as factory:
         opts = pipeline.RunOptions(run_dir=None if resume else run_dir, resume=resume, progress_bar=False,
                                    keep_prompt_models=True,
