@@ -257,8 +257,9 @@ def upload_outputs(spec: UploadIn | None, run_dir: Path, outputs: dict[str, str]
         if path.is_dir():
             raise ConfigError(f"{fmt} is a folder of images; a PUT URL takes one file", "upload a video format")
         status = netfetch.put(url, path, f"upload of {fmt}")
-        if status >= 300:
-            raise RunStateError(f"upload of {fmt} failed: HTTP {status}",
+        if status >= 300:  # the same neutral text as every network failure; the status goes to the log
+            log.warning("upload of %s: HTTP %s", fmt, status)
+            raise RunStateError(f"upload of {fmt}: the URL could not be used",
                                 "check the presigned PUT URL (expired? wrong method?); the file stays in "
                                 f"{path}")
         done[fmt] = url.split("?", 1)[0]
@@ -266,6 +267,8 @@ def upload_outputs(spec: UploadIn | None, run_dir: Path, outputs: dict[str, str]
         if importlib.util.find_spec("boto3") is None:
             raise ConfigError("upload.bucket needs boto3 in the worker image", "pip install boto3 in the image")
         from runpod.serverless.utils import rp_upload
+
+        netfetch.check_url(spec.bucket.endpoint_url, "upload.bucket.endpoint_url")  # no internal endpoints
 
         creds = {"endpointUrl": spec.bucket.endpoint_url, "accessId": spec.bucket.access_id,
                  "accessSecret": spec.bucket.access_secret}
