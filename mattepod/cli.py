@@ -4,6 +4,7 @@
     python -m mattepod run my.yaml --input clip.mp4 --mask mask.png --output-dir output/
     python -m mattepod run my.yaml --dry-run
     python -m mattepod run --resume output/clip_20260101-120000
+    python -m mattepod eval --pred output/clip_20260101-120000 --gt gt_pngs/ [--json]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from mattepod import config as config_mod
 from mattepod.errors import ConfigError, MattePodError
+from mattepod.subjects import SUBJECT_ARG_HELP, parse_subject_args, person_subjects
 
 log = logging.getLogger("mattepod")
 
@@ -61,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--normalized", action="store_true", help="points/box in 0..1 of the frame size")
     r.add_argument("--prompt-frame", type=int, help="frame the prompt is given on (relative to --start-frame)")
     r.add_argument("--auto-person", action="store_true", help="find the person automatically")
+    r.add_argument("--person-count", type=int, help="with --auto-person: one subject per person, person1..N "
+                   "(largest first), a matte each")
+    r.add_argument("--subject", action="append", default=[], metavar="SPEC",
+                   help="a named subject (repeat for several): " + SUBJECT_ARG_HELP)
     r.add_argument("--outputs", help="comma-separated formats, e.g. alpha,green,prores")
     r.add_argument("--output-dir", "-o", help="where run folders are created")
     r.add_argument("--run-dir", help="use exactly this run folder (must not hold a run)")
@@ -77,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="validate, probe the input, print the plan; write nothing")
     r.add_argument("--progress-json", action="store_true", help="one JSON progress line per update on stdout")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    e = sub.add_parser("eval", help="matting quality of a matte against a ground truth (MAD, MSE, Grad, Conn, dtSSD)")
+    e.add_argument("--pred", required=True, help="run folder, matte PNG folder or alpha video")
+    e.add_argument("--gt", required=True, help="ground-truth matte PNG folder or video")
+    e.add_argument("--json", action="store_true", help="print the whole report (per-frame too) as one JSON object")
+    e.add_argument("--depth", choices=["field", "native"], default="field",
+                   help="field: frames read as 8-bit grey like the published evaluations; native: full precision")
+    e.add_argument("--gt-start", type=int, default=0, help="ground-truth frame compared with the first prediction frame")
+    e.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     return p
 
 
@@ -96,7 +110,17 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         o["prompt.box"] = _box(args.box)
     if args.normalized:
         o["prompt.normalized"] = True
-    if args.auto_person:
+    if args.person_count is not None and not args.auto_person:
+        raise ConfigError("--person-count needs --auto-person", "add --auto-person")
+    if args.person_count is not None and args.person_count < 1:
+        raise ConfigError(f"--person-count {args.person_count} must be at least 1", "give 1 or more")
+    if args.subject or args.person_count:
+        if args.mask or args.points or args.box:
+            raise ConfigError("--subject/--person-count replace --mask/--points/--box",
+                              'give each subject its prompt: --subject "NAME:mask=FILE"')
+        o["prompt.subjects"] = parse_subject_args(args.subject) + (person_subjects(args.person_count)
+                                                                     if args.person_count else [])
+    elif args.auto_person:
         o["prompt.auto_person"] = True
     if args.outputs:
         o["outputs.formats"] = [f.strip() for f in args.outputs.split(",") if f.strip()]
@@ -128,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(config_mod.render_yaml())
             print(f"wrote {path}")
             return 0
+        if args.command == "eval":
+            from mattepod.quality import eval_command
+
+            return eval_command(args.pred, args.gt, as_json=args.json, depth=args.depth, gt_start=args.gt_start,
+                                quiet=args.quiet)
         if args.command != "run":
             parser.print_help()
             return 2

@@ -41,6 +41,43 @@ class Keyframe(_Strict):
         return self
 
 
+class SubjectConfig(_Strict):
+    """One named subject of a multi-subject run (``prompt.subjects``); see CONFIG.md."""
+
+    name: str = Field(description="file-name safe name: letters, digits, _ or - (outputs <stem>_<name>_alpha.mp4)")
+    frame: int | None = Field(None, ge=0, description="frame of this subject's prompt (default prompt.frame)")
+    mask: str | None = Field(None, description="mask PNG of this subject on its prompt frame")
+    points: list[Point] = Field(default_factory=list, description="SAM 2 clicks on this subject")
+    box: tuple[float, float, float, float] | None = Field(None, description="SAM 2 box [x0, y0, x1, y1]")
+    auto_person: bool = Field(False, description="this subject is a detected person (see person_rank)")
+    person_rank: int = Field(1, ge=1, description="with auto_person: which person by box size (1 = largest)")
+    color: str | None = Field(None, description="#RRGGBB of this subject in previews and the page")
+    keyframes: list[Keyframe] = Field(default_factory=list, description="this subject's re-anchoring prompts")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}", v):
+            raise ValueError(f"subject name {v!r} must be 1-32 letters, digits, '_' or '-', starting with a "
+                             "letter or digit")
+        return v
+
+    @field_validator("color")
+    @classmethod
+    def _colour(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"#[0-9A-Fa-f]{6}", v):
+            raise ValueError(f"colour {v!r} is not #RRGGBB (for example #FF4040)")
+        return None if v is None else v.upper()
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> "SubjectConfig":
+        if not (self.mask or self.points or self.box or self.auto_person):
+            raise ValueError(f"subject {self.name} has no prompt: give mask, points, box or auto_person: true")
+        if self.mask and (self.points or self.box or self.auto_person):
+            raise ValueError(f"subject {self.name}: give either a mask or points/box/auto_person")
+        return self
+
+
 class PromptConfig(_Strict):
     frame: int = Field(0, ge=0, description="frame (relative to start_frame) the prompt is given on; "
                        "matting runs forward to the end and backward to the first frame")
@@ -65,6 +102,28 @@ class PromptConfig(_Strict):
                                       description="extra prompts on later frames; the matte re-anchors there")
     reprompt_every: int = Field(0, ge=0, description="re-prompt automatically every N frames with the "
                                 "automatic person prompt (0 = never)")
+    subjects: list[SubjectConfig] = Field(
+        default_factory=list, description="several named subjects, each with its own prompt and keyframes "
+        "(instead of the single prompt above); a matte per subject plus their union")
+    exclusive: bool = Field(True, description="with subjects: two subjects never both claim a pixel (where "
+                            "their alphas add up to more than 1 each is divided by the sum)")
+
+    @model_validator(mode="after")
+    def _subjects_or_single(self) -> "PromptConfig":
+        if not self.subjects:
+            return self
+        if self.mask or self.points or self.box or self.auto_person or self.keyframes or self.reprompt_every:
+            raise ValueError("give the prompt either as prompt.subjects or as the single prompt "
+                             "(mask/points/box/auto_person/keyframes/reprompt_every), not both")
+        names = [s.name for s in self.subjects]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"subject names repeat: {dup}")
+        for s in self.subjects:
+            frames = [s.frame if s.frame is not None else self.frame] + [k.frame for k in s.keyframes]
+            if len(set(frames)) != len(frames):
+                raise ValueError(f"subject {s.name}: a keyframe repeats a frame (or its prompt frame)")
+        return self
 
 
 class EngineConfig(_Strict):

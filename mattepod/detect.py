@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 DETECTOR_NAME = "person_detector"
 COCO_PERSON = 1  # torchvision's COCO category index of "person"
-SELECT_MODES = ("largest", "all", "n_largest")
+SELECT_MODES = ("largest", "all", "n_largest", "rank")
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,8 @@ def select_people(found: Sequence[Detection], mode: str = "largest", count: int 
         return by_area
     if mode == "largest":
         return by_area[:1]
+    if mode == "rank":  # one subject per person (prompt.subjects): the count-th largest alone
+        return by_area[count - 1:count]
     if count < 1:
         raise MaskError(f"prompt.person_count {count} must be at least 1", "set prompt.person_count: 1 or more")
     return by_area[:count]

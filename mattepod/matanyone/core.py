@@ -88,15 +88,7 @@ class InferenceCore:
         """Mask step + (warmup + 1) first-frame steps on one frame; returns the last alpha."""
         self.reset()
         with self._ctx():
-            feats = self._encode(image)
-            self._mask_step(feats, mask255)
-            alpha = None
-            for i in range(warmup + 1):
-                alpha = self._first_frame_step(feats)
-                if keep_warmup is not None and i < warmup:
-                    keep_warmup.append(alpha)
-        assert alpha is not None
-        return alpha
+            return self._start_chain(self._encode(image), mask255, warmup, keep_warmup)
 
     def step_mask(self, image: torch.Tensor, mask255: torch.Tensor) -> torch.Tensor:
         with self._ctx():
@@ -245,13 +237,32 @@ class InferenceCore:
         self._add_memory(f, alpha)
         return self._output(alpha)
 
+    def _start_chain(self, f: _Feats, mask255: torch.Tensor, warmup: int,
+                     keep_warmup: list | None = None) -> torch.Tensor:
+        """The prompt chain of ``start`` on encoded features (the subjects engine shares one encoder pass)."""
+        self._mask_step(f, mask255)
+        alpha = None
+        for i in range(warmup + 1):
+            alpha = self._first_frame_step(f)
+            if keep_warmup is not None and i < warmup:
+                keep_warmup.append(alpha)
+        assert alpha is not None
+        return alpha
+
     def _normal_step(self, f: _Feats) -> torch.Tensor:
+        alpha = self._predict(f)
+        self._remember(f, alpha)
+        return self._output(alpha)
+
+    def _predict(self, f: _Feats) -> torch.Tensor:
+        """First half of a normal step: readout, gate, fusion, decoder -> padded alpha (B, 1, Hp, Wp).
+        Split from ``_remember`` so that several subjects' alphas can be adjusted (mutual exclusion)
+        before they go into memory."""
         st = self.state
         if st.memory.key is None:
             raise RuntimeError("step() before start()")
         st.curr_ti += 1
         since = st.curr_ti - st.last_mem_ti
-        is_mem_frame = since >= self.cfg.mem_every
         update_sensory = since in self._stagger
 
         visual = st.memory.read(f.key, f.selection, self.cfg.top_k, self.cfg.block_elements)
@@ -269,8 +280,13 @@ class InferenceCore:
         self._rec("uncert_logits", logits)
         u = torch.sigmoid(logits).unsqueeze(1)
         readout = visual * u + st.last_msk_value * (1 - u)
-        alpha = self._decode(f, self._fuse(f, readout), update_sensory=update_sensory)
+        return self._decode(f, self._fuse(f, readout), update_sensory=update_sensory)
 
+    def _remember(self, f: _Feats, alpha: torch.Tensor) -> None:
+        """Second half of a normal step: the alpha becomes the previous mask and is encoded (a memory
+        frame every ``mem_every`` frames, otherwise only the mask value for the next step)."""
+        st = self.state
+        is_mem_frame = st.curr_ti - st.last_mem_ti >= self.cfg.mem_every
         st.last_mask = alpha
         st.last_pix_feat = f.pix_feat
         if is_mem_frame:
@@ -288,7 +304,6 @@ class InferenceCore:
         if self.trace is not None:
             self._rec("work_mem_key", st.memory.key)
             self._rec("work_mem_value", st.memory.value[:, 0])
-        return self._output(alpha)
 
 
 def _sensory_dim(net: MatAnyoneNet) -> int:
