@@ -25,7 +25,7 @@ TOOLS = {"+ subject": "add", "− not subject": "remove", "▭ box": "box"}
 CSS = """
 #frame { height: auto !important; }
 #frame .image-container, #frame .image-frame { height: auto !important; }
-#frame img { max-height: max(240px, calc(100vh - 430px)) !important; width: auto; max-width: 100%;
+#frame img { width: 100% !important; height: auto !important; max-height: max(220px, calc(100vh - 400px)) !important;
              object-fit: contain; margin: 0 auto; display: block; }
 #tools { align-items: center; gap: 6px; }
 #tools button { min-width: 64px; }
@@ -79,7 +79,7 @@ def build_app(app: AppState) -> gr.Blocks:
                         tool = gr.Radio(list(TOOLS), value="+ subject", show_label=False, elem_id="tool",
                                         container=False, scale=3, min_width=200)
                         undo = gr.Button("Undo", elem_id="undo", scale=0, min_width=64, size="sm")
-                        clear = gr.Button("Clear frame", elem_id="clear", scale=0, min_width=64, size="sm")
+                        clear = gr.Button("Clear", elem_id="clear", scale=0, min_width=64, size="sm")
                     frame_img = gr.Image(label="Click on the subject", interactive=False, type="numpy",
                                          elem_id="frame", buttons=["fullscreen"], show_label=False)
                     message = gr.Markdown("", elem_id="page-message")

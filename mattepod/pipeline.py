@@ -33,6 +33,7 @@ import numpy as np
 
 import mattepod
 from mattepod import config as config_mod
+from mattepod import proxies
 from mattepod.checkpoint import Manifest, commit_segment, load_state, serialise_state
 from mattepod.config import Config
 from mattepod.engine import Engine, MaskFollowEngine, check_alpha
@@ -292,6 +293,7 @@ def run(cfg: Config, opts: RunOptions | None = None) -> RunResult:
             progress = Progress(count, folder.path, opts.progress_json, opts.progress_bar, opts.listener)
             progress.emit({"event": "start", "run_dir": str(folder.path), "total": count})
             outputs = _execute(cfg, info, first, count, folder, manifest, progress, cancel, opts)
+            folder.update(proxies=proxies.write_for_run(folder.path, outputs))  # browser previews (app, #13)
         meta = folder.update(status="completed", outputs=outputs, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         progress.emit({"event": "done", "status": "completed", "run_dir": str(folder.path), "outputs": outputs, "error": None})
         return RunResult(folder.path, "completed", outputs, meta)
