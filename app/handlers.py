@@ -45,17 +45,23 @@ def _public(err: BaseException | str) -> PageError:
 # ---------------------------------------------------------------- the one update path --------------------------
 
 def update(app: AppState, ps: st.PromptState, action: st.Action, model: str) -> st.PromptState:
-    """Apply ``action`` with SAM 2 on the image shown, then embed a newly shown frame in the background."""
-    seg = app.segmenter(model, ps.image) if ps.image is not None else None
+    """Apply ``action`` (with SAM 2 on the image shown when the action edits a mask), then embed a newly
+    shown frame in the background. Showing a frame never waits for SAM 2."""
+    available = app.sam_available(model)
+    seg = None
+    if available and ps.image is not None and isinstance(action, _SEGMENTING):
+        seg = app.segmenter(model, ps.image)
+        available = seg is not None
     before = (ps.media.path if ps.media else None, ps.frame, ps.mode, ps.master, ps.layout)
-    if isinstance(action, (st.ShowFrame, st.SetView, st.LoadVideo)):
-        seg = app.segmenter(model, action.image)
-    ps = replace(ps, sam=seg is not None) if ps.media is not None else ps
+    ps = replace(ps, sam=available)
     out = st.apply(ps, action, seg)
     after = (out.media.path if out.media else None, out.frame, out.mode, out.master, out.layout)
-    if out.image is not None and before != after:
+    if out.image is not None and before != after and available:
         app.prefetch(model, out.image)  # stale requests for frames already left are dropped by the prompter
     return out
+
+
+_SEGMENTING = (st.ClickAt, st.AddUpload, st.RemoveUpload, st.AddStroke, st.Undo, st.ClearFrame, st.SetSam)
 
 
 def load_video(app: AppState, ps: st.PromptState, path: str | None, model: str) -> st.PromptState:

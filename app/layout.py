@@ -10,6 +10,7 @@ results (before/after, the playable previews, downloads) follow below.
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Callable
 
 import gradio as gr
@@ -39,8 +40,34 @@ CSS = """
 CONFIRM_CANCEL = "Stop this job? It stops at the next frame and can be resumed later."
 
 
+class FrameSlider(gr.Slider):
+    """A slider whose typed number is clamped to the video, not refused: typing 500 on a 20-frame clip goes
+    to the last frame (gr.Slider would raise 'Value 500 is greater than maximum' and leave the box at 500
+    while the track shows 19 -- the disagreement of defect 1)."""
+
+    def get_block_name(self) -> str:
+        return "slider"  # drawn by Gradio's own slider
+
+    def preprocess(self, payload: float | None) -> float:
+        try:
+            value = float(payload if payload is not None else 0)
+        except (TypeError, ValueError):
+            value = 0.0
+        return value  # handlers.show_frame clamps it to the video's frames
+
+
 def guard(fn: Callable) -> Callable:
     """A handler refusal becomes one toast with one line (no server path), never a traceback."""
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except h.PageError as err:
+                raise gr.Error(str(err), print_exception=False) from None
+
+        return gen_wrapper
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -83,7 +110,7 @@ def build_app(app: AppState) -> gr.Blocks:
                     frame_img = gr.Image(label="Click on the subject", interactive=False, type="numpy",
                                          elem_id="frame", buttons=["fullscreen"], show_label=False)
                     message = gr.Markdown("", elem_id="page-message")
-                    frame_slider = gr.Slider(0, 1, value=0, step=1, label="Frame (prompts stay on their frame)",
+                    frame_slider = FrameSlider(0, 1, value=0, step=1, label="Frame (prompts stay on their frame)",
                                              elem_id="frame-slider")
                     with gr.Row(elem_id="run-row"):
                         run_btn = gr.Button("Run", variant="primary", elem_id="run", interactive=False)
@@ -218,7 +245,8 @@ def build_app(app: AppState) -> gr.Blocks:
             x, y = float(evt.index[0]), float(evt.index[1])
             if ps.image is not None and (ps.tool != "box" or ps.corner is not None):
                 busy = h.sam_status(app, ps, model)
-                note = busy if "embedding" in busy else "computing the mask…"
+                note = ("waiting for SAM 2 to finish embedding this frame…" if "embedding" in busy or
+                        "loading" in busy else "computing the mask…")
                 pending = h.pending_click(ps, x, y)
                 yield (gr.skip(), pending, *[gr.skip()] * 3, note, *[gr.skip()] * 6)
             yield draw(h.click(app, ps, x, y, model), model)

@@ -52,6 +52,16 @@ class AppState:
             return self.base.prompt.sam2_model
         return sam.default_size(self.base.engine.device)
 
+    def sam_available(self, model: str) -> bool:
+        """The weights for ``model`` are in the weights folder (loading may still be under way)."""
+        from mattepod import weights
+
+        try:
+            weights.require(f"sam2.1_{model}", self.roots.weights)
+            return True
+        except MattePodError:
+            return False
+
     def prompter(self, model: str):
         """The SAM 2 image predictor for ``model``; None while its weights are not in the weights folder
         (they may still be downloading) or it cannot be loaded (logged once, the page falls back to jobs)."""
