@@ -26,6 +26,7 @@ TOOLS = {"+ subject": "add", "− not subject": "remove", "▭ box": "box"}
 CSS = """
 #frame { height: auto !important; }
 #frame .image-container, #frame .image-frame { height: auto !important; }
+#frame .image-container > button, #frame .image-frame { width: 100% !important; }
 #frame img { width: 100% !important; height: auto !important; max-height: max(220px, calc(100vh - 400px)) !important;
              object-fit: contain; margin: 0 auto; display: block; }
 #tools { align-items: center; gap: 6px; }
@@ -204,15 +205,19 @@ def build_app(app: AppState) -> gr.Blocks:
         page_out = [ps_state, frame_img, frame_slider, media_md, prompt_md, message, run_btn, mask_upload,
                     vr_group, layout_md, mode, sam_md]
 
-        def draw(ps: st.PromptState, model: str) -> tuple:
+        def draw(ps: st.PromptState, model: str, slider: bool = False) -> tuple:
+            """The prompt area from the state. The slider is only set when the state moved it (a new video,
+            a clamped number): echoing it back on every event would overwrite what the user is typing."""
             p = h.render(ps)
             msg = p.message or (f"Run is waiting: {p.run_hint}" if p.run_hint and ps.media else "")
-            return (ps, p.image, gr.update(value=p.frame, maximum=p.frame_max, interactive=ps.media is not None),
+            slide = (gr.update(value=p.frame, maximum=p.frame_max, interactive=ps.media is not None) if slider
+                     else gr.skip())
+            return (ps, p.image, slide,
                     p.media_md, p.prompt_md, msg, gr.update(interactive=p.run_enabled), p.mask_file,
                     gr.update(visible=p.vr), p.layout_md, p.mode, h.sam_status(app, ps, model))
 
         def on_video(path, ps, model):
-            return draw(h.load_video(app, ps, path, model), model)
+            return draw(h.load_video(app, ps, path, model), model, slider=True)
 
         upload.upload(guard(on_video), [upload, ps_state, sam2_model], page_out, api_visibility="private")
         existing.input(guard(on_video), [existing, ps_state, sam2_model], page_out, api_visibility="private")
@@ -221,7 +226,12 @@ def build_app(app: AppState) -> gr.Blocks:
         demo.load(choices, None, existing, api_visibility="private")
 
         def on_frame(index, ps, model):
-            return draw(h.show_frame(app, ps, index, model), model)
+            ps = h.show_frame(app, ps, index, model)
+            try:
+                moved = float(index) != ps.frame
+            except (TypeError, ValueError):
+                moved = True
+            return draw(ps, model, slider=moved)
 
         # release (drag end), change (typed number, Home/End, arrow keys): the redraw sets the slider to the
         # clamped frame, which fires change once more and is a no-op.

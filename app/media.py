@@ -6,6 +6,7 @@ is the frame the pipeline decodes. Nothing here knows Gradio.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil

@@ -59,9 +59,14 @@ def browser(app):
         b.close()
 
 
-def text_has(page, selector: str, needle: str, timeout: float = 30_000) -> None:
-    page.wait_for_function("([s, n]) => (document.querySelector(s)?.innerText || '').includes(n)",
-                           arg=[selector, needle], timeout=timeout)
+def text_has(page, selector: str, needle: str, timeout: float = 60_000) -> None:
+    try:
+        page.wait_for_function("([s, n]) => (document.querySelector(s)?.innerText || '').includes(n)",
+                               arg=[selector, needle], timeout=timeout)
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "failed.png"), full_page=True)
+        raise AssertionError(f"{selector} never showed {needle!r}; it shows "
+                             f"{page.locator(selector).inner_text()!r}") from None
 
 
 def shot(page, name: str, full: bool = False) -> None:
