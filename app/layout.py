@@ -23,12 +23,14 @@ from app.server import AppState
 
 UI_FORMATS = ["alpha", "green", "prores", "webm", "png", "alpha16", "packed"]
 TOOLS = {"+ subject": "add", "− not subject": "remove", "▭ box": "box"}
+# The frame is scaled down to fit (never up: Gradio maps clicks back assuming scale <= 1).
 CSS = """
 #frame { height: auto !important; }
 #frame .image-container, #frame .image-frame { height: auto !important; }
 #frame .image-container > button, #frame .image-frame { width: 100% !important; }
-#frame img { width: 100% !important; height: auto !important; max-height: max(220px, calc(100vh - 400px)) !important;
-             object-fit: contain; margin: 0 auto; display: block; }
+#frame img { width: auto !important; height: auto !important; max-width: 100% !important;
+             max-height: max(220px, calc(100vh - 500px)) !important; object-fit: contain; margin: 0 auto;
+             display: block; }
 #tools { align-items: center; gap: 6px; }
 #tools button { min-width: 64px; }
 #run-row button { min-width: 90px; }
