@@ -228,18 +228,21 @@ def build_app(app: AppState) -> gr.Blocks:
         demo.load(choices, None, existing, api_visibility="private")
 
         def on_frame(index, ps, model):
+            before = ps
             ps = h.show_frame(app, ps, index, model)
+            if ps is before:  # the same frame (the slider's echo, release + change): redraw nothing
+                return tuple(gr.skip() for _ in page_out)
             try:
                 moved = float(index) != ps.frame
             except (TypeError, ValueError):
                 moved = True
             return draw(ps, model, slider=moved)
 
-        # release (drag end), change (typed number, Home/End, arrow keys): the redraw sets the slider to the
-        # clamped frame, which fires change once more and is a no-op.
-        for ev in (frame_slider.release, frame_slider.change):
-            ev(guard(on_frame), [frame_slider, ps_state, sam2_model], page_out, api_visibility="private",
-               trigger_mode="always_last", concurrency_limit=1, concurrency_id="frames")
+        # change covers drags (always_last: only the latest position is decoded), typed numbers, Home/End and
+        # arrow keys. "minimal" progress: a full overlay on the image would swallow the next click.
+        frame_slider.change(guard(on_frame), [frame_slider, ps_state, sam2_model], page_out,
+                            api_visibility="private", trigger_mode="always_last", concurrency_limit=1,
+                            concurrency_id="frames", show_progress="minimal")
 
         def on_view(mode_v, master_v, layout_v, ps, model):
             return draw(h.set_view(app, ps, mode_v, master_v, layout_v, model), model)

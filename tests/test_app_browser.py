@@ -81,7 +81,8 @@ def upload_video(page, path: Path) -> None:
 
 def click_pixel(page, x: float, y: float) -> None:
     page.wait_for_function("() => { const i = document.querySelector('#frame img'); "
-                           "return i && i.complete && i.naturalWidth > 0; }")
+                           "return i && i.complete && i.naturalWidth > 0 "
+                           "&& !document.querySelector('#frame .wrap:not(.hide)'); }", timeout=120_000)
     page.mouse.click(*page.evaluate(PIXEL_TO_PAGE, [x, y]))
 
 
