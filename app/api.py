@@ -6,6 +6,8 @@ hidden components carry the arguments, and errors are one line with no server pa
 
 from __future__ import annotations
 
+import functools
+
 import gradio as gr
 
 from app import handlers as h
@@ -59,9 +61,7 @@ def parse_box(text: str | None) -> list[float] | None:
 
 
 def submit_job(app: AppState, video, input_path, points, box, prompt_frame, mask, options) -> dict:
-    """Queue a job. video: an uploaded file (handle_file) or empty; input_path: a file already in the
-    input/output volume; points: "[[x,y,label],...]" in pixels of the prompt frame; box: "x0,y0,x1,y1";
-    mask: a mask PNG (white = subject); options: JSON of config keys, e.g. {"engine.name": "mask"}."""
+    """The submit_job endpoint's work (documented on the endpoint in ``register``)."""
     from app.state import FrameRequest
 
     try:
@@ -85,15 +85,13 @@ def register(app: AppState) -> None:
     """Add the hidden API components and named endpoints to the Blocks being built."""
 
     def guarded(fn):
+        @functools.wraps(fn)  # gradio_client names the parameters from the signature
         def call(*args):
             try:
                 return fn(*args)
-            except h.PageError as err:
-                raise _fail(err) from None
-            except MattePodError as err:
+            except (h.PageError, MattePodError) as err:
                 raise _fail(err) from None
 
-        call.__doc__, call.__name__ = fn.__doc__, fn.__name__
         return call
 
     with gr.Row(visible=False):
