@@ -13,7 +13,7 @@ import gradio as gr
 from app import handlers as h
 from app import media as mediamod
 from app.server import AppState
-from mattepod import jobs
+from mattepod import request as rq
 from mattepod.errors import MattePodError
 
 
@@ -22,42 +22,19 @@ def _fail(err: BaseException) -> gr.Error:
 
 
 def parse_points(text: str | list | None) -> list[list[float]]:
-    """Points as JSON ``[[x, y, label], ...]`` / ``[{"x":..,"y":..,"label":..}]`` or ``"x,y,l;x,y,l"``."""
-    import json
-
-    if text is None or text == "" or text == []:
-        return []
-    data = text
-    if isinstance(text, str):
-        try:
-            data = json.loads(text)
-        except ValueError:
-            data = [p.split(",") for p in text.split(";") if p.strip()]
-    out = []
-    for item in data:
-        if isinstance(item, dict):
-            item = [item.get("x"), item.get("y"), item.get("label", 1)]
-        try:
-            x, y = float(item[0]), float(item[1])
-            label = int(item[2]) if len(item) > 2 else 1
-        except (TypeError, ValueError, IndexError):
-            raise h.PageError(f"point {item!r} is not [x, y, label] -> give numbers, label 1 (subject) or 0") from None
-        if label not in (0, 1):
-            raise h.PageError(f"point label {label} must be 1 (subject) or 0 (not subject)")
-        out.append([x, y, label])
-    return out
+    """Points as JSON ``[[x, y, label], ...]`` / ``[{"x":..,"y":..,"label":..}]`` or ``"x,y,l;x,y,l"``
+    (``mattepod.request.parse_points``, the one parser of every face)."""
+    try:
+        return [[p["x"], p["y"], p["label"]] for p in rq.parse_points(text)]
+    except MattePodError as err:
+        raise h.PageError(mediamod.public_message(err)) from None
 
 
 def parse_box(text: str | None) -> list[float] | None:
-    if not text:
-        return None
     try:
-        vals = [float(v) for v in str(text).replace(";", ",").strip("[]() ").split(",")]
-    except ValueError:
-        vals = []
-    if len(vals) != 4:
-        raise h.PageError(f"box {text!r} is not x0,y0,x1,y1")
-    return vals
+        return rq.parse_box(text)
+    except MattePodError as err:
+        raise h.PageError(mediamod.public_message(err)) from None
 
 
 def submit_job(app: AppState, video, input_path, points, box, prompt_frame, mask, options) -> dict:
@@ -65,8 +42,7 @@ def submit_job(app: AppState, video, input_path, points, box, prompt_frame, mask
     from app.state import FrameRequest
 
     try:
-        src = mediamod.adopt_upload(video, app.roots) if video else jobs.inside(
-            input_path, [app.roots.input, app.roots.output])
+        src = mediamod.adopt_upload(video, app.roots) if video else h.resolve_input(app, input_path)
     except MattePodError as err:
         raise h.PageError(mediamod.public_message(err)) from None
     opts = h.parse_options(options)
@@ -110,7 +86,9 @@ def register(app: AppState) -> None:
     def submit(video, input_path, points, box, prompt_frame, mask, options):
         """Queue a job. video: an uploaded file (handle_file) or empty; input_path: a file already in the
         input/output volume; points: "[[x,y,label],...]" in pixels of the prompt frame; box: "x0,y0,x1,y1";
-        mask: a mask PNG (white = subject); options: JSON of config keys, e.g. {"engine.name": "mask"}."""
+        mask: a mask PNG (white = subject); options: JSON of config keys, e.g. {"engine.name": "mask"}.
+        Several subjects: leave points/box/mask empty and give options {"prompt.subjects": [{"name": "a",
+        "points": [{"x": 10, "y": 20}]}, {"name": "b", "box": [...]}, ...]} (clicks, boxes or auto_person)."""
         return submit_job(app, video, input_path, points, box, prompt_frame, mask, options)
 
     def status(job_id):

@@ -22,13 +22,11 @@ from app import state as st
 from app.server import AppState
 from mattepod import config as configmod
 from mattepod import jobs
+from mattepod import request as rq
 from mattepod.errors import MattePodError
 
 log = logging.getLogger("mattepod.app")
 
-# Config keys an API caller may not set: the server decides where files live.
-FORBIDDEN_KEYS = {"input", "output_dir", "weights_dir", "prompt.mask", "prompt.mask_add", "prompt.mask_subtract",
-                  "prompt.keyframes", "outputs.background", "recovery.auto_resume"}
 SAM_STATES = {"embedding": "SAM 2 is embedding this frame…", "waiting": "SAM 2 is embedding this frame…",
               "loading": "SAM 2 is loading…", "ready": "SAM 2 ready: clicks answer at once",
               "missing": "SAM 2 weights are not here: clicks go to the job", "idle": ""}
@@ -204,66 +202,64 @@ def render(ps: st.PromptState) -> Page:
 
 # ---------------------------------------------------------------- run requests ------------------------------
 
-def _flatten(options: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in options.items():
-        full = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, full + "."))
-        else:
-            out[full] = value
-    return out
-
-
-def build_config(app: AppState, input_path: Path, overrides: dict[str, Any]) -> configmod.Config:
-    """The base config + the caller's choices, validated; paths are never taken from the caller.
-
-    This is the one place the app builds a run request (mattepod.request replaces it when it lands)."""
-    overrides = _flatten(overrides)  # {"prompt": {"mask": ...}} is checked as "prompt.mask"
-    for key in overrides:
-        if key in FORBIDDEN_KEYS or any(key.startswith(k + ".") for k in FORBIDDEN_KEYS):
-            raise PageError(f"option {key} cannot be set through the app (the server chooses paths)")
-    data = app.base.model_dump(mode="json")
-    for key, value in overrides.items():
-        configmod.set_dotted(data, key, value)
-    data["input"] = str(input_path)
-    data["output_dir"] = str(app.roots.output)
-    data["weights_dir"] = str(app.roots.weights)
+def resolve_input(app: AppState, input_path: str) -> Path:
+    """A file the caller names: relative = in the input folder; it must lie in the input or output folder."""
     try:
-        return configmod.validate(data, "job options")
+        return jobs.inside(input_path, [app.roots.input, app.roots.output], "input_path", base=app.roots.input)
+    except MattePodError as err:
+        raise _public(err) from None
+
+
+def build_config(app: AppState, input_path: Path, overrides: dict[str, Any],
+                 prompt: dict[str, Any] | None = None) -> configmod.Config:
+    """The base config + the caller's choices through the one front door (``mattepod.request``): the server
+    fixes the input, the folders and auto-resume; every path key is confined to the app's folders. The app
+    keeps only its transport: this is the one place it turns a request into a Config."""
+    fixed = {"input": str(input_path), "output_dir": str(app.roots.output),
+             "weights_dir": str(app.roots.weights), "recovery.auto_resume": False}
+    try:
+        req = rq.parse({"overrides": overrides, "prompt": prompt}, "job options")
+        return rq.to_config(req, base=app.base, roots=app.roots.confinement(), fixed=fixed, source="job options")
     except MattePodError as err:
         raise _public(err) from None
 
 
 def submit(app: AppState, input_path: str, frames: list[st.FrameRequest],
            overrides: dict[str, Any]) -> jobs.JobInfo:
-    """Validate everything, create the run folder (config + prompt masks), queue it."""
+    """Validate everything, create the run folder (config + prompt masks), queue it.
+
+    ``frames``: the anchor first, then keyframes; a frame with a mask sends the mask (saved in the run folder),
+    one without sends its clicks/box for the job's SAM 2. ``prompt.subjects`` in the options (several subjects,
+    API only) replaces the single prompt."""
     if not input_path:
         raise PageError("choose a video first (upload one or pick a file from the volume)")
-    try:
-        src = jobs.inside(input_path, [app.roots.input, app.roots.output])
-    except MattePodError as err:
-        raise _public(err) from None
+    src = resolve_input(app, input_path)
     if not src.is_file():
         raise PageError(f"{src.name} does not exist any more -> upload it again")
-    if not frames or all(f.mask is None and not f.points and f.box is None for f in frames):
+    subjects = rq.flatten(overrides).get("prompt.subjects")
+    has_prompt = any(f.mask is not None or f.points or f.box is not None for f in frames)
+    if not has_prompt and not subjects:
         raise PageError("no prompt: click on the subject, draw a box, paint it with the brush, or upload a mask")
-    anchor, keys = frames[0], frames[1:]
-    prompt: dict[str, Any] = {"prompt.frame": int(anchor.frame)}
-    if anchor.mask is None:
-        prompt["prompt.points"] = [{"x": x, "y": y, "label": int(lab)} for x, y, lab in anchor.points]
-        prompt["prompt.box"] = anchor.box
-    key_points = [{"frame": k.frame, "points": [{"x": x, "y": y, "label": int(lab)} for x, y, lab in k.points],
-                   "box": k.box} for k in keys if k.mask is None]
-    if key_points:
-        prompt["prompt.keyframes"] = key_points
-    cfg = build_config(app, src, {**overrides, **{k: v for k, v in prompt.items() if k != "prompt.keyframes"}})
-    if key_points:  # set after the forbidden-key check: these come from the page, never from a caller
-        cfg = cfg.model_copy(update={"prompt": cfg.prompt.model_copy(
-            update={"keyframes": [configmod.Keyframe(**k) for k in key_points]})})
-    key_masks = {k.frame: k.mask for k in keys if k.mask is not None}
+    if subjects and has_prompt:
+        raise PageError("give either prompt.subjects (in options) or one prompt (points/box/mask), not both")
+    prompt: dict[str, Any] | None = None
+    anchor_mask, key_masks = None, {}
+    if has_prompt:
+        anchor, keys = frames[0], frames[1:]
+        anchor_mask = anchor.mask
+        prompt = {"frame": int(anchor.frame)}
+        if anchor.mask is None:
+            prompt["points"] = [{"x": x, "y": y, "label": int(lab)} for x, y, lab in anchor.points]
+            prompt["box"] = anchor.box
+        key_points = [{"frame": k.frame, "box": k.box,
+                       "points": [{"x": x, "y": y, "label": int(lab)} for x, y, lab in k.points]}
+                      for k in keys if k.mask is None]
+        if key_points:
+            prompt["keyframes"] = key_points
+        key_masks = {k.frame: k.mask for k in keys if k.mask is not None}
+    cfg = build_config(app, src, overrides, prompt)
     try:
-        run = jobs.create_run(cfg, app.roots.output, mask=anchor.mask, keyframe_masks=key_masks)
+        run = jobs.create_run(cfg, app.roots.output, mask=anchor_mask, keyframe_masks=key_masks)
         job_id = app.manager.submit(run)
     except MattePodError as err:
         raise _public(err) from None

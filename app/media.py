@@ -20,8 +20,8 @@ import numpy as np
 from app.state import FramePrompt, Media, View
 from mattepod import jobs
 from mattepod.errors import InvalidMediaError, MattePodError
+from mattepod.media.exts import VIDEO_EXTS
 
-VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mts", ".ts"}
 # folders the pipeline and the app write inside a run folder: never offered as inputs
 _INTERNAL_DIRS = {"previews", "proxies", "segments", "spill", "checkpoints", ".spill", "parts"}
 

@@ -12,7 +12,7 @@ log() { printf '[entrypoint] %s\n' "$*" >&2; }
 # An empty variable (a RunPod template field left blank) means "not set": huggingface_hub would otherwise take
 # HF_ENDPOINT="" as the hub's address.
 for name in HF_ENDPOINT HF_TOKEN HF_HOME HF_HUB_OFFLINE HF_HUB_ETAG_TIMEOUT MODELS MATTEPOD_WEIGHTS_MANIFEST \
-            MATTEPOD_FFMPEG_DIR HEALTHCHECK_URL STARTUP_COMMAND PORT; do
+            MATTEPOD_FFMPEG_DIR HEALTHCHECK_URL STARTUP_COMMAND PORT PUBLIC_KEY SSH_PORT; do
     if [[ -z "${!name-}" ]]; then unset "$name"; fi
 done
 
@@ -22,6 +22,28 @@ export GRADIO_SERVER_NAME="${GRADIO_SERVER_NAME:-0.0.0.0}"
 export MODEL_CACHE_DIR="${MODEL_CACHE_DIR:-/workspace/weights}"
 export OUTPUT_DIR="${OUTPUT_DIR:-/workspace/output}"
 startup_command="${STARTUP_COMMAND:-python /opt/mattepod/app/gradio_app.py}"
+
+# RunPod pods: with PUBLIC_KEY set (the account's SSH keys) start sshd the way RunPod's own images do, so
+# scp/rsync reach the volume for big files. Host keys are made per container (none are baked into the image).
+# Never fatal: the app starts without SSH.
+start_sshd() {
+    local sshd=/usr/sbin/sshd home="${HOME:-/root}"
+    if [[ ! -x "$sshd" ]]; then
+        log "PUBLIC_KEY is set but sshd is not installed; no SSH"
+        return 0
+    fi
+    mkdir -p "$home/.ssh" /run/sshd
+    chmod 700 "$home/.ssh"
+    touch "$home/.ssh/authorized_keys"
+    grep -qxF "$PUBLIC_KEY" "$home/.ssh/authorized_keys" || printf '%s\n' "$PUBLIC_KEY" >>"$home/.ssh/authorized_keys"
+    chmod 600 "$home/.ssh/authorized_keys"
+    ssh-keygen -A >/dev/null
+    "$sshd" -p "${SSH_PORT:-22}" -o PasswordAuthentication=no -o PermitRootLogin=prohibit-password
+    log "sshd listening on port ${SSH_PORT:-22} (key login only)"
+}
+if [[ -n "${PUBLIC_KEY:-}" ]]; then
+    start_sshd || log "sshd did not start; continuing without SSH"
+fi
 
 if [[ "${SKIP_RUNTIME_SETUP:-0}" == "1" ]]; then
     log "SKIP_RUNTIME_SETUP=1: not checking weights"

@@ -20,6 +20,15 @@ for dir in "$MODEL_CACHE_DIR" "$OUTPUT_DIR"; do
     fi
 done
 
+# Fail fast on the wrong host: when a GPU is expected (a driver is visible, or RunPod says it gave GPUs) the
+# driver must run CUDA 13.0 and torch must see the device; otherwise stop with one line naming RunPod's
+# "CUDA 13.0+" filter (exit 12). MATTEPOD_GPU_CHECK: auto (default), require, off.
+if [[ "${MATTEPOD_GPU_CHECK:-auto}" != "off" ]]; then
+    status=0
+    "$python_bin" -m mattepod.gpuhealth || status=$?
+    if (( status != 0 )); then exit "$status"; fi
+fi
+
 if [[ "${MODELS:-}" == "none" ]]; then
     log "MODELS=none: skipping the weights check"
 else

@@ -37,7 +37,10 @@ def check_alpha(alpha: np.ndarray, frame: np.ndarray) -> np.ndarray:
     """Guard the protocol at the pipeline boundary: float32 (H, W) in [0, 1], same size as the frame."""
     if alpha.shape != frame.shape[:2]:
         raise RuntimeError(f"engine returned alpha of shape {alpha.shape} for a frame of {frame.shape[:2]}")
-    return np.clip(alpha.astype(np.float32, copy=False), 0.0, 1.0)
+    alpha = alpha.astype(np.float32, copy=False)
+    if alpha.size and 0.0 <= float(alpha.min()) and float(alpha.max()) <= 1.0:
+        return alpha  # the same array: its device copy (mattepod.devframes) is found again by the outputs
+    return np.clip(alpha, 0.0, 1.0)
 
 
 class MaskFollowEngine:

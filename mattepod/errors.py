@@ -60,7 +60,25 @@ class EncodeError(MattePodError):
     exit_code = 10
 
 
+class OutputPathError(MattePodError):
+    """The output folder or run folder cannot be written: read-only, not a folder, no permission."""
+
+    exit_code = 11
+
+
+class GpuHostError(MattePodError):
+    """The host cannot run the image's CUDA (driver too old, GPU not given to the container): start-up stops."""
+
+    exit_code = 12
+
+
+class DeviceMemoryError(MattePodError):
+    exit_code = 13  # out of GPU (or CPU) memory even at the smallest matting size allowed
+
+
 class CancelledError(MattePodError):
+    """SIGTERM/SIGINT: the run stopped at a frame boundary and can be resumed."""
+
     exit_code = 130
 
 

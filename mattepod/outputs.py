@@ -1,13 +1,17 @@
 """Every output format as one row of a table: what frame to render, which ffmpeg settings, which file.
 
+Rendering happens in torch on the engine's device (``mattepod.devframes``: the frame and alpha the engine
+already has there are reused, each output comes back with one copy of its uint8/uint16 samples); the numpy
+functions below are the reference they are tested against, and what formats without a torch renderer use.
+
 One writer abstraction serves all video formats (``FFmpegWriter`` per segment, joined at the end); the two
 image-sequence formats write PNG files straight into a ``.partial`` folder that is renamed when the run
-completes. ``OutputSet`` is what the pipeline drives: open a segment, write (frame, alpha), close it.
+completes. ``OutputSet`` is what the pipeline drives: open a segment, write (frame, alpha), close it; the join
+that publishes them is ``mattepod/finalize.py``.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,14 +21,29 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 
+from mattepod import devframes
 from mattepod.config import OutputsConfig
 from mattepod.errors import ConfigError, DiskFullError
 from mattepod.media.probe import MediaInfo, probe
 from mattepod.media.reader import read_frames
-from mattepod.media.writer import FFmpegWriter, join_segments
+from mattepod.media.writer import FFmpegWriter
 
 EVEN_PAD = ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
+
+
+# Encoder presets, chosen from bench/encode_speed.py (CONFIG.md "Encoder speed" has the figures): x264
+# veryfast gives files the size of fast, faster; x265 fast up to 4K, ultrafast above (8K SBS: about 6x
+# faster, the matte's mean error unchanged at ~1e-4), where the CPU encoder is what limits a GPU run.
+PRESETS = {"libx264": "veryfast", "libx265": "fast", "h264_nvenc": "p5", "hevc_nvenc": "p5"}
+PRESETS_ABOVE_4K = {**PRESETS, "libx265": "ultrafast", "h264_nvenc": "p4", "hevc_nvenc": "p4"}
+PIXELS_4K = 3840 * 2160
+
+
+def preset_for(encoder: str, pixels: int) -> str:
+    table = PRESETS_ABOVE_4K if pixels > PIXELS_4K else PRESETS
+    return table.get(encoder, table["libx264"])
 
 
 def hex_rgb(color: str) -> np.ndarray:
@@ -34,7 +53,8 @@ def hex_rgb(color: str) -> np.ndarray:
 def over(frame: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.ndarray:
     """frame*alpha + background*(1-alpha) as uint8 (background: a colour (3,) or an image like frame)."""
     a = alpha[..., None]
-    out = frame.astype(np.float32) * a + background * (1.0 - a)
+    f = frame.astype(np.float32) / (257.0 if frame.dtype == np.uint16 else 1.0)  # 16-bit frames: 0..255 scale
+    out = f * a + background * (1.0 - a)
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -44,11 +64,13 @@ def alpha16(alpha: np.ndarray) -> np.ndarray:
 
 def rgba8(frame: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     a = np.round(alpha * 255.0).astype(np.uint8)
+    if frame.dtype == np.uint16:
+        frame = np.round(frame / 257.0).astype(np.uint8)
     return np.concatenate([frame, a[..., None]], axis=2)
 
 
 def rgba16(frame: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    rgb = frame.astype(np.uint16) * 257
+    rgb = frame if frame.dtype == np.uint16 else frame.astype(np.uint16) * 257
     return np.concatenate([rgb, alpha16(alpha)[..., None]], axis=2)
 
 
@@ -59,6 +81,8 @@ class Format:
     pix_fmt: str  # rawvideo pixel format fed to ffmpeg; for image formats the PNG sample layout
     render: Callable[[np.ndarray, np.ndarray, "RenderContext"], np.ndarray]
     args: Callable[["RenderContext"], list[str]] | None  # None = PNG sequence
+    # the same picture in torch on the device (None: ``render`` on the host arrays)
+    render_t: Callable[[devframes.FrameAlpha, "RenderContext"], torch.Tensor] | None = None
 
     @property
     def is_sequence(self) -> bool:
@@ -72,17 +96,29 @@ class RenderContext:
     background: Callable[[int], np.ndarray] | None = None
     layout: Any = None  # mattepod.stereo.Layout in vr180 mode
     fov: float = 180.0
+    cache: devframes.DeviceCache | None = None  # where the torch renderers work (None = CPU)
+    pixels: int = 0  # of the encoded frame: picks the preset (PRESETS / PRESETS_ABOVE_4K)
 
-    def x264(self) -> list[str]:
+    def colour_t(self) -> torch.Tensor:
+        dev = self.cache.device if self.cache else torch.device("cpu")
+        return torch.from_numpy(hex_rgb(self.cfg.color)).to(dev)
+
+    def background_t(self) -> torch.Tensor:
+        assert self.background is not None and self.cache is not None
+        return self.cache.upload(self.background(0))
+
+    def x264(self, preset: str | None = None) -> list[str]:
         enc = self.video_encoders["h264"]
-        q = ["-cq", str(self.cfg.crf), "-preset", "p5"] if "nvenc" in enc else ["-crf", str(self.cfg.crf), "-preset", "fast"]
+        preset = preset or preset_for(enc, self.pixels)
+        q = ["-cq", str(self.cfg.crf), "-preset", preset] if "nvenc" in enc else ["-crf", str(self.cfg.crf), "-preset", preset]
         return [*EVEN_PAD, "-c:v", enc, *q, "-pix_fmt", "yuv420p"]
 
-    def x265_10(self) -> list[str]:
+    def x265_10(self, preset: str | None = None) -> list[str]:
         enc = self.video_encoders["hevc"]
+        preset = preset or preset_for(enc, self.pixels)
         if "nvenc" in enc:
-            return [*EVEN_PAD, "-c:v", enc, "-cq", str(self.cfg.crf), "-preset", "p5", "-pix_fmt", "p010le", "-tag:v", "hvc1"]
-        return [*EVEN_PAD, "-c:v", enc, "-crf", str(self.cfg.crf), "-preset", "fast", "-pix_fmt", "yuv420p10le",
+            return [*EVEN_PAD, "-c:v", enc, "-cq", str(self.cfg.crf), "-preset", preset, "-pix_fmt", "p010le", "-tag:v", "hvc1"]
+        return [*EVEN_PAD, "-c:v", enc, "-crf", str(self.cfg.crf), "-preset", preset, "-pix_fmt", "yuv420p10le",
                 "-x265-params", "log-level=error", "-tag:v", "hvc1"]
 
 
@@ -93,18 +129,25 @@ def _alpha_args(ctx: RenderContext) -> list[str]:
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in [
-    Format("alpha", "_alpha.mp4", "gray16le", lambda fr, a, c: alpha16(a), _alpha_args),
-    Format("green", "_green.mp4", "rgb24", lambda fr, a, c: over(fr, a, hex_rgb(c.cfg.color)), RenderContext.x264),
+    Format("alpha", "_alpha.mp4", "gray16le", lambda fr, a, c: alpha16(a), _alpha_args,
+           lambda p, c: devframes.alpha16(p.alpha_t)),
+    Format("green", "_green.mp4", "rgb24", lambda fr, a, c: over(fr, a, hex_rgb(c.cfg.color)), RenderContext.x264,
+           lambda p, c: devframes.over(p.frame_t, p.alpha_t, c.colour_t())),
     Format("composite", "_composite.mp4", "rgb24",
-           lambda fr, a, c: over(fr, a, c.background(0) if c.background else 0), RenderContext.x264),
+           lambda fr, a, c: over(fr, a, c.background(0) if c.background else 0), RenderContext.x264,
+           lambda p, c: devframes.over(p.frame_t, p.alpha_t, c.background_t())),
     Format("prores", "_rgba.mov", "rgba64le", lambda fr, a, c: rgba16(fr, a),
            lambda c: ["-c:v", "prores_ks", "-profile:v", "4444", "-pix_fmt", "yuva444p10le", "-alpha_bits", "16",
-                      "-vendor", "apl0"]),
+                      "-vendor", "apl0"],
+           lambda p, c: devframes.rgba16(p.frame_t, p.alpha_t)),
     Format("webm", "_rgba.webm", "rgba", lambda fr, a, c: rgba8(fr, a),
            lambda c: [*EVEN_PAD, "-c:v", "libvpx-vp9", "-pix_fmt", "yuva420p", "-crf", str(min(63, c.cfg.crf + 12)),
-                      "-b:v", "0", "-row-mt", "1", "-deadline", "good", "-cpu-used", "4", "-auto-alt-ref", "0"]),
-    Format("png", "_rgba_png", "rgba", lambda fr, a, c: cv2.cvtColor(rgba8(fr, a), cv2.COLOR_RGBA2BGRA), None),
-    Format("alpha16", "_alpha16_png", "gray16", lambda fr, a, c: alpha16(a), None),
+                      "-b:v", "0", "-row-mt", "1", "-deadline", "good", "-cpu-used", "4", "-auto-alt-ref", "0"],
+           lambda p, c: devframes.rgba8(p.frame_t, p.alpha_t)),
+    Format("png", "_rgba_png", "rgba", lambda fr, a, c: cv2.cvtColor(rgba8(fr, a), cv2.COLOR_RGBA2BGRA), None,
+           lambda p, c: devframes.rgba8(p.frame_t, p.alpha_t, bgra=True)),
+    Format("alpha16", "_alpha16_png", "gray16", lambda fr, a, c: alpha16(a), None,
+           lambda p, c: devframes.alpha16(p.alpha_t)),
     # VR180 alpha-packed fisheye passthrough (DeoVR/HereSphere); size and name depend on the layout.
     Format("packed", "_packed.mp4", "rgb48le", lambda fr, a, c: _packed(fr, a, c), RenderContext.x265_10),
 ]}
@@ -191,6 +234,7 @@ class OutputSet:
     layout: Any = None
     fov: float = 180.0
     color_tags: dict[str, str] = field(default_factory=dict)  # the source's colour description (ffprobe names)
+    device: str = "cpu"  # the engine's device: outputs are composited there (mattepod.devframes)
     formats: list[Format] = field(init=False)
     _writers: dict[str, FFmpegWriter] = field(default_factory=dict, init=False)
     _bg: BackgroundSource | None = field(default=None, init=False)
@@ -206,7 +250,8 @@ class OutputSet:
             raise ConfigError("outputs.formats 'packed' needs stereo.mode: vr180", "set stereo.mode: vr180")
         self.ctx = RenderContext(self.cfg, self.video_encoders,
                                  background=(lambda _i: self._bg.next()) if self._bg else None,
-                                 layout=self.layout, fov=self.fov)
+                                 layout=self.layout, fov=self.fov, cache=devframes.cache_for(self.device),
+                                 pixels=self.width * self.height)
 
     def name(self, fmt: Format) -> str:
         return output_name(self.stem, fmt, self.cfg, self.layout, self.fov)
@@ -217,6 +262,9 @@ class OutputSet:
 
     def sequence_dir(self, fmt: Format) -> Path:
         return self.run_dir / (self.name(fmt) + ".partial")
+
+    def sequence_file(self, fmt: Format, index: int) -> Path:
+        return self.sequence_dir(fmt) / f"{index:06d}.png"
 
     def open_segment(self, index: int, first_frame: int) -> None:
         if self._bg is not None:
@@ -238,10 +286,14 @@ class OutputSet:
                                                        self.fps, fmt.pix_fmt, args)
 
     def write(self, index: int, frame: np.ndarray, alpha: np.ndarray) -> None:
+        pair = devframes.FrameAlpha(frame, alpha, self.ctx.cache)
         for fmt in self.formats:
-            data = fmt.render(frame, alpha, self.ctx)
+            if fmt.render_t is not None:
+                data = devframes.download(fmt.render_t(pair, self.ctx))
+            else:
+                data = fmt.render(frame, alpha, self.ctx)
             if fmt.is_sequence:
-                path = self.sequence_dir(fmt) / f"{index:06d}.png"
+                path = self.sequence_file(fmt, index)
                 if not cv2.imwrite(str(path), data):
                     free = shutil.disk_usage(path.parent).free
                     if free < data.nbytes * 2:
@@ -270,21 +322,3 @@ class OutputSet:
         for w in self._writers.values():
             w.abort()
         self._writers = {}
-
-    def finalize(self, segments: int, info: MediaInfo, start_frame: int, frames: int) -> dict[str, str]:
-        """Join segments / publish sequences; returns {format: file name in the run folder}."""
-        done: dict[str, str] = {}
-        start_s = start_frame / float(info.fps)
-        duration = frames / float(self.fps)
-        for fmt in self.formats:
-            name = self.name(fmt)
-            final = self.run_dir / name
-            if fmt.is_sequence:
-                os.replace(self.sequence_dir(fmt), final)
-            else:
-                segs = [self.segment_path(fmt, i) for i in range(segments)]
-                audio = info.path if (self.cfg.copy_audio and info.audio and info.kind == "video") else None
-                join_segments(segs, final, audio, [a["codec"] for a in info.audio], start_s, duration)
-            done[fmt.name] = name
-        shutil.rmtree(self.run_dir / "segments", ignore_errors=True)
-        return done

@@ -12,6 +12,7 @@ scaled frame it passes ``source_size`` and the coordinates and mask files are ma
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,10 +174,18 @@ def load_mask_file(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     if not p.is_file():
         raise InputNotFoundError(f"mask file {p} not found", "check the path given as the prompt mask")
     try:
-        with Image.open(p) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # one line, not a warning + a line
+            im = Image.open(p)
+        with im:
+            w, h = im.size
+            if w * h > max(16 * size[0] * size[1], 1 << 24):  # checked before decoding: a PNG bomb never inflates
+                raise MaskError(f"mask file {p} is {w}x{h}, far larger than the {size[0]}x{size[1]} frame",
+                                "give a mask at the frame's size")
             im.load()
             arr = _mask_array(im)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
         raise MaskError(f"mask file {p} is not a readable image ({exc})", "give a PNG mask") from None
     return _fit(arr, size, str(p))
 

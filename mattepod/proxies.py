@@ -75,3 +75,8 @@ def write_for_run(run_dir: str | Path, outputs: dict[str, str]) -> dict[str, str
             continue
         made[str(fmt)] = dest.relative_to(run_dir).as_posix()
     return made
+
+
+def finish_hook(run, outputs: dict[str, str]) -> dict[str, dict[str, str]]:
+    """The run's finish step (``mattepod.run.finish_hooks``): metadata.json gets ``proxies``."""
+    return {"proxies": write_for_run(run.run_dir, outputs)}

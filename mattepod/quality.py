@@ -38,7 +38,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from mattepod.errors import ConfigError, InputNotFoundError, InvalidMediaError, RunStateError
+from mattepod.errors import CancelledError, ConfigError, InputNotFoundError, InvalidMediaError, MattePodError, RunStateError
 from mattepod.media.probe import IMAGE_EXTS, probe
 from mattepod.media.tools import binary
 
@@ -81,22 +81,11 @@ class GaussGrad:
         object.__setattr__(self, "deriv", dg / np.linalg.norm(dg))
 
     def magnitude(self, img: np.ndarray) -> np.ndarray:
-        gx = _correlate1d(_correlate1d(img, self.deriv, axis=1), self.smooth, axis=0)
-        gy = _correlate1d(_correlate1d(img, self.smooth, axis=1), self.deriv, axis=0)
+        """|grad img|: separable correlation (no kernel flip) in float64, borders replicated."""
+        img = np.ascontiguousarray(img, np.float64)
+        gx = cv2.sepFilter2D(img, cv2.CV_64F, self.deriv, self.smooth, borderType=cv2.BORDER_REPLICATE)
+        gy = cv2.sepFilter2D(img, cv2.CV_64F, self.smooth, self.deriv, borderType=cv2.BORDER_REPLICATE)
         return np.sqrt(gx * gx + gy * gy)
-
-
-def _correlate1d(img: np.ndarray, kernel: np.ndarray, axis: int) -> np.ndarray:
-    """Correlation with a 1-D kernel along ``axis``, borders replicated (OpenCV's BORDER_REPLICATE)."""
-    half = len(kernel) // 2
-    pad = [(0, 0), (0, 0)]
-    pad[axis] = (half, half)
-    padded = np.pad(img, pad, mode="edge")
-    n = img.shape[axis]
-    out = np.zeros(img.shape, np.float64)
-    for t, w in enumerate(kernel):
-        out += w * (padded[t:t + n, :] if axis == 0 else padded[:, t:t + n])
-    return out
 
 
 def _minmax(x: np.ndarray) -> np.ndarray:
@@ -133,12 +122,26 @@ def largest_component(binary_img: np.ndarray) -> np.ndarray:
 def conn(pred: np.ndarray, gt: np.ndarray, step: float = 0.1) -> float:
     p, g = pred.astype(np.float64), gt.astype(np.float64)
     levels = [i * step for i in range(int(round(1 / step)) + 1)]
-    round_down = np.full(g.shape, -1.0)
-    for i in range(1, len(levels)):
-        omega = largest_component((g >= levels[i]) & (p >= levels[i]))
-        round_down[(round_down == -1.0) & ~omega] = levels[i - 1]
-    round_down[round_down == -1.0] = 1.0
-    gd, pd = g - round_down, p - round_down
+    # {g >= t and p >= t} = {min(g, p) >= t}; every later set lies inside the first one, so the components
+    # are found inside its bounding box (raster order there is the frame's), and everything outside it
+    # leaves at the first threshold (level 0)
+    low = np.minimum(p, g)
+    level = np.full(g.shape, levels[0])
+    first = low >= levels[1]
+    rows, cols = np.flatnonzero(first.any(axis=1)), np.flatnonzero(first.any(axis=0))
+    if len(rows):
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        sub = low[box]
+        sub_level = np.ones(sub.shape)  # never left: 1
+        kept = np.ones(sub.shape, bool)  # still inside every largest component so far
+        for i in range(1, len(levels)):
+            omega = largest_component(sub >= levels[i])
+            sub_level[kept & ~omega] = levels[i - 1]
+            kept &= omega
+            if not kept.any():
+                break
+        level[box] = sub_level
+    gd, pd = g - level, p - level
     g_phi = 1.0 - gd * (gd >= 0.15)
     p_phi = 1.0 - pd * (pd >= 0.15)
     return float(np.abs(g_phi - p_phi).sum() / 1e3)
@@ -345,9 +348,11 @@ class QualityReport:
 
 
 def evaluate(pred: str | Path | AlphaSource, gt: str | Path | AlphaSource, depth: str = "field",
-             gt_start: int = 0, on_frame: Callable[[int, int], None] | None = None) -> QualityReport:
+             gt_start: int = 0, on_frame: Callable[[int, int], None] | None = None,
+             gt_longer: bool = False) -> QualityReport:
     """Compare a predicted matte with the ground truth frame by frame (frame i with ground-truth frame
-    ``gt_start + i``). Counts and sizes must agree: nothing is resized or skipped silently."""
+    ``gt_start + i``). Counts and sizes must agree: nothing is resized or skipped silently. ``gt_longer``: the
+    ground truth may go on after the prediction's last frame (a run that processed part of its input)."""
     import time
 
     if gt_start < 0:
@@ -356,11 +361,12 @@ def evaluate(pred: str | Path | AlphaSource, gt: str | Path | AlphaSource, depth
         raise InvalidMediaError(f"depth {depth!r} is not one of {DEPTHS}", "use field or native")
     p = pred if isinstance(pred, AlphaSource) else open_source(pred, "prediction")
     g = gt if isinstance(gt, AlphaSource) else open_source(gt, "ground truth")
-    if g.frame_count - gt_start != p.frame_count:
+    left = g.frame_count - gt_start
+    if left != p.frame_count and not (gt_longer and left > p.frame_count):
         extra = f" from its frame {gt_start}" if gt_start else ""
         raise InvalidMediaError(
             f"frame counts differ: prediction {p.path} has {p.frame_count} frames, ground truth {g.path} has "
-            f"{g.frame_count - gt_start}{extra}", "give both the same frames (frame i is compared with frame i)")
+            f"{left}{extra}", "give both the same frames (frame i is compared with frame i)")
     if (p.width, p.height) != (g.width, g.height):
         raise InvalidMediaError(f"frame sizes differ: prediction {p.width}x{p.height}, ground truth "
                                 f"{g.width}x{g.height}", "compare mattes of the same size (re-export one of them)")
@@ -382,12 +388,14 @@ def evaluate(pred: str | Path | AlphaSource, gt: str | Path | AlphaSource, depth
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    """The means of a quality.json as a small markdown table (the page and the CLI show this)."""
+    """The means of a quality.json (or of its summary in metadata.json) as a small markdown table: the CLI
+    prints it after a run, and the page shows it for a run that has one."""
     mean = report.get("mean") or {}
     head = "| frames | " + " | ".join(LABELS[m] for m in METRICS) + " |"
     row = "| " + " | ".join([str(report.get("frames", "")), *(f"{mean[m]:.4f}" if m in mean else "" for m in METRICS)]) + " |"
     sep = "|" + "---|" * (len(METRICS) + 1)
-    gt = (report.get("gt") or {}).get("path", "")
+    gt = report.get("gt") or ""
+    gt = gt.get("path", "") if isinstance(gt, dict) else gt  # quality.json holds a dict, the summary a path
     return f"{head}\n{sep}\n{row}\n\nground truth: `{gt}`; {report.get('depth', '')} depth; lower is better."
 
 
@@ -414,3 +422,106 @@ def eval_command(pred: str, gt: str, *, as_json: bool = False, depth: str = "fie
         print(f"prediction: {report.pred['path']} ({report.pred['detail']})")
         print(markdown_table(report.to_json()))
     return 0
+
+
+# ---------------------------------------------------------------- a run with a ground truth (quality.gt)
+
+def check_gt(gt: str, formats: list[str], width: int, height: int, input_frames: int, first: int, count: int) -> int:
+    """Before any matting: the ground truth exists, has the input's size and one frame per input frame or per
+    processed frame, and the run writes a matte to compare. Returns the ground-truth index of the first
+    processed frame."""
+    if not any(f in formats for f in RUN_MATTE_ORDER):
+        raise ConfigError(f"quality.gt needs a matte among the outputs (outputs.formats is {', '.join(formats)})",
+                          f"add one of {', '.join(RUN_MATTE_ORDER)} (e.g. --outputs alpha16,green)")
+    src = open_source(gt, "ground truth")
+    if (src.width, src.height) != (width, height):
+        raise InvalidMediaError(f"ground truth {gt} is {src.width}x{src.height}, the input {width}x{height}",
+                                "give the ground-truth matte at the input's size")
+    if src.frame_count == count:
+        return 0
+    if src.frame_count == input_frames:
+        return first
+    raise InvalidMediaError(f"ground truth {gt} has {src.frame_count} frames; the input has {input_frames} and the "
+                            f"run processes {count}", "give one ground-truth frame per input frame (or per processed frame)")
+
+
+def finish_run(run_dir: Path, outputs: dict[str, str], gt: str, depth: str, gt_start: int,
+               on_frame: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """The run's last step with quality.gt: measure its matte, write quality.json, return the summary for
+    metadata.json. The outputs are complete by now, so a failure here is recorded (and logged), not raised:
+    ``mattepod eval`` can measure the finished run again."""
+    import logging
+
+    from mattepod.runfolder import write_atomic
+
+    fmt = next(f for f in RUN_MATTE_ORDER if f in outputs)
+    try:
+        report = evaluate(run_dir / outputs[fmt], gt, depth=depth, gt_start=gt_start, on_frame=on_frame,
+                          gt_longer=True)
+    except CancelledError:
+        raise  # a cancel stops the run (resumable: the finish step runs again)
+    except (MattePodError, OSError) as err:
+        logging.getLogger("mattepod.quality").error("quality: %s", err)
+        return {"error": str(err), "gt": gt}
+    report.pred["detail"] = f"run output {fmt} ({outputs[fmt]}; {report.pred['detail']})"
+    write_atomic(run_dir / QUALITY_FILE, json.dumps(report.to_json(), indent=1))
+    return {**report.summary(), "matte": fmt}
+
+
+def report_lines(summary: dict[str, Any], run_dir: Path) -> list[str]:
+    """What the CLI prints after a run with quality.gt: the means, or why there are none."""
+    if summary.get("error"):
+        return [f"  quality: not measured: {summary['error']} (measure later: mattepod eval --pred {run_dir} "
+                f"--gt {summary.get('gt')})"]
+    return [f"  quality: {run_dir / QUALITY_FILE}", markdown_table(summary)]
+
+
+def precheck(cfg: Any, info: Any, first: int, count: int) -> int | None:
+    """The run's hook before matting (``cfg``: Config, ``info``: MediaInfo): None without quality.gt."""
+    if not cfg.quality.gt:
+        return None
+    return check_gt(cfg.quality.gt, list(cfg.outputs.formats), info.width, info.height, info.frame_count, first, count)
+
+
+def finish_step(cfg: Any, info: Any, first: int, count: int, run_dir: Path, outputs: dict[str, str],
+                progress: Any = None, cancel: Callable[[], None] | None = None) -> dict[str, Any] | None:
+    """The run's hook after its outputs are final: the summary for metadata.json (None without quality.gt).
+    ``cancel`` is called once per frame (it raises CancelledError to stop)."""
+    if not cfg.quality.gt:
+        return None
+    try:
+        gt_start = precheck(cfg, info, first, count)
+    except MattePodError as err:  # the ground truth changed while the run was matting
+        return {"error": str(err), "gt": cfg.quality.gt}
+    if progress is not None:
+        progress.begin("quality", 0, total=count)
+
+    def tick(done: int, _total: int) -> None:
+        if cancel is not None:
+            cancel()
+        if progress is not None:
+            progress.update(done)
+
+    return finish_run(run_dir, outputs, cfg.quality.gt, cfg.quality.depth, gt_start or 0, tick)
+
+
+def finish_hook(run: Any, outputs: dict[str, str]) -> dict[str, Any] | None:
+    """``mattepod.run`` finish hook: {"quality": summary} for metadata.json, or None without quality.gt."""
+    summary = finish_step(run.cfg, run.info, run.first, run.count, run.run_dir, outputs, run.progress,
+                          run.cancel.check)
+    return None if summary is None else {"quality": summary}
+
+
+def page_markdown(run_dir: str | Path) -> str:
+    """The page's quality block for a run folder: "" when the run has no quality.json; the means as a table
+    when it has one; the recorded reason when measuring failed (metadata.json ``quality.error``)."""
+    run_dir = Path(run_dir)
+    try:
+        report = json.loads((run_dir / QUALITY_FILE).read_text())
+    except (OSError, ValueError):
+        try:
+            summary = json.loads((run_dir / "metadata.json").read_text()).get("quality") or {}
+        except (OSError, ValueError, AttributeError):
+            return ""
+        return f"**Quality**: not measured ({summary['error']})" if summary.get("error") else ""
+    return "**Quality** against the ground truth (`quality.json`)\n\n" + markdown_table(report)

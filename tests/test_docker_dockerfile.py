@@ -54,10 +54,35 @@ def env_of(docker) -> dict[str, str]:
     return env
 
 
-def test_base_is_nvidia_cuda_runtime_pinned_by_tag(docker):
+def test_base_is_debian_pinned_by_a_dated_tag(docker):
+    """Debian, because docker/rehearse.sh can bootstrap it and build this very Dockerfile (BUILD.md "Why Debian")."""
     first = next(args for ins, args in docker if ins == "FROM")
     image = first.split()[0]
-    assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-(cudnn-)?runtime-ubuntu\d\d\.\d\d(@sha256:[0-9a-f]{64})?", image)
+    assert re.fullmatch(r"debian:bookworm-20\d{6}-slim(@sha256:[0-9a-f]{64})?", image)
+    labels = " ".join(args for ins, args in docker if ins == "LABEL")
+    assert f'org.opencontainers.image.base.name="{image.split("@")[0]}"' in labels
+
+
+def test_cuda_requirement_is_declared_for_the_runtime_and_the_sdk(docker):
+    by_stage = stages(docker)
+    assert env_of(by_stage["runtime"])["NVIDIA_REQUIRE_CUDA"] == "cuda>=13.0"
+    assert env_of(by_stage["serverless"])["RUNPOD_MIN_CUDA_VERSION"] == "13.0"
+    torch_pin = next(ln for ln in (ROOT / "docker" / "constraints.txt").read_text().splitlines()
+                     if ln.startswith("nvidia-cuda-runtime=="))
+    assert torch_pin.split("==")[1].startswith("13.0."), "torch's CUDA moved: update NVIDIA_REQUIRE_CUDA and BUILD.md"
+
+
+def test_pip_proxy_settings_are_build_args_not_image_env(docker):
+    args = {a.split("=")[0] for ins, a in docker if ins == "ARG"}
+    assert {"PIP_CERT", "PIP_INDEX_URL", "PIP_FIND_LINKS"} <= args
+    env = env_of(docker)
+    assert not {"PIP_CERT", "PIP_INDEX_URL", "PIP_FIND_LINKS", "SSL_CERT_FILE"} & set(env)
+
+
+def test_pod_conventions_sshd_and_uploads_on_the_volume(docker):
+    apt = " ".join(args for ins, args in docker if ins == "RUN" and "apt-get install" in args)
+    assert "openssh-server" in apt and "/etc/ssh/ssh_host_" in apt  # no host keys baked in: made per container
+    assert env_of(stages(docker)["ui"])["GRADIO_TEMP_DIR"].startswith("/workspace/")
 
 
 def test_tini_is_pid_1_and_runs_the_entrypoint(docker):
@@ -91,7 +116,8 @@ def test_ui_target_is_default_with_port_and_exec_healthcheck(docker):
     by_stage = stages(docker)
     assert list(by_stage)[-1] == "ui"  # the last stage is what a plain `docker build` makes
     ui = by_stage["ui"]
-    assert ("EXPOSE", "7860") in ui
+    exposed = " ".join(args for ins, args in ui if ins == "EXPOSE").split()
+    assert "7860" in exposed and "22" in exposed  # the UI, and sshd when PUBLIC_KEY is set
     health = [args for ins, args in ui if ins == "HEALTHCHECK"]
     assert len(health) == 1
     cmd = health[0].split("CMD", 1)[1].strip()

@@ -10,10 +10,10 @@ from mattepod.download import Settings
 ROOT = Path(__file__).resolve().parent.parent
 READERS = ["docker/entrypoint.sh", "docker/runtime_setup.sh", "docker/healthcheck.py", "mattepod/download.py",
            "mattepod/weights.py", "mattepod/media/encoders.py", "Dockerfile", "app/gradio_app.py", "mattepod/jobs.py",
-           "mattepod/media/tools.py", "mattepod/cli.py", "mattepod/config.py"]
+           "mattepod/media/tools.py", "mattepod/cli.py", "mattepod/config.py", "mattepod/gpuhealth.py"]
 NOT_SETTINGS = {"BASH_SOURCE", "LINENO", "VIRTUAL_ENV", "PATH", "PIP_NO_CACHE_DIR", "PIP_DISABLE_PIP_VERSION_CHECK",
                 "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "SAM2_BUILD_CUDA", "VERSION", "VCS_REF",
-                "CUDA_VISIBLE_DEVICES", "PYTHONPATH", "HUGGING_FACE_HUB_TOKEN", "MANIFEST_ENV", "GITHUB_OUTPUT"}
+                "CUDA_VISIBLE_DEVICES", "PYTHONPATH", "HOME", "HUGGING_FACE_HUB_TOKEN", "MANIFEST_ENV", "GITHUB_OUTPUT"}
 
 
 def example_names() -> set[str]:
@@ -55,3 +55,10 @@ def test_env_example_holds_no_secret():
 def test_empty_hf_endpoint_means_the_public_hub():
     assert Settings.from_env(env={"HF_ENDPOINT": ""}).endpoint == "https://huggingface.co"
     assert Settings.from_env(env={}).endpoint == "https://huggingface.co"
+
+
+def test_env_example_does_not_override_what_differs_between_the_images():
+    """One .env for both images: the UI's STARTUP_COMMAND or /workspace paths would break a serverless worker."""
+    text = (ROOT / ".env.example").read_text()
+    for name in ("STARTUP_COMMAND", "MODEL_CACHE_DIR", "OUTPUT_DIR", "HF_HOME", "GRADIO_TEMP_DIR"):
+        assert not re.search(rf"^{name}=", text, re.M), f"{name} is set in .env.example; comment it out"

@@ -174,3 +174,13 @@ def test_evaluate_rejects_a_stream_that_ends_early(tmp_path):
         q.evaluate(src, q.open_source(write_pngs(tmp_path / "p", mattes(4))))
     with pytest.raises(InvalidMediaError):
         list(q.AlphaSource(str(tmp_path / "x.mkv"), "video", 8, 8, 3, codec="ffv1", pix_fmt="gray16le").frames())
+
+
+def test_gt_start_seeks_into_a_ground_truth_video(tmp_path):
+    frames = mattes(6)
+    gt = write_alpha_video(tmp_path / "gt.mkv", frames, "ffv1")
+    pred = write_pngs(tmp_path / "p", frames[2:], bits=16)
+    rep = q.evaluate(pred, gt, depth="native", gt_start=2)
+    assert rep.frames == 4 and all(v == 0.0 for v in rep.mean.values())
+    off = q.evaluate(pred, gt, depth="native", gt_start=1, gt_longer=True)
+    assert off.mean["mad"] > 1  # one frame off: the seek really lands on frame gt_start

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import stat
 import subprocess
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
@@ -10,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from mattepod.errors import InputNotFoundError, InvalidMediaError
+from mattepod.media.exts import IMAGE_EXTS  # the one extension table
 from mattepod.media.tools import binary
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".exr"}
+log = logging.getLogger("mattepod.probe")
 DEFAULT_SEQUENCE_FPS = Fraction(24)
 
 
@@ -35,6 +38,7 @@ class MediaInfo:
     tags: dict[str, str] = field(default_factory=dict)
     start_time: float = 0.0
     images: list[str] = field(default_factory=list, repr=False)
+    warnings: list[str] = field(default_factory=list)  # doubts about the input that did not stop the run
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -79,8 +83,14 @@ def probe(path: str | Path) -> MediaInfo:
     p = Path(path)
     if not p.exists():
         raise InputNotFoundError(f"input {p} does not exist", "check the path (inside the container: /workspace/...)")
-    if p.is_dir():
+    mode = p.stat().st_mode
+    if stat.S_ISDIR(mode):
         return _probe_images(p)
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else \
+            "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+        raise InvalidMediaError(f"input {p} is {kind}, not a video file or a folder of images",
+                                "give a regular video file (a pipe or device cannot be seeked or resumed)")
     data = _ffprobe(p, "-show_streams", "-show_format")
     streams = data.get("streams", [])
     video = [s for s in streams if s.get("codec_type") == "video"
@@ -100,6 +110,7 @@ def probe(path: str | Path) -> MediaInfo:
         count = int((counted.get("streams") or [{}])[0].get("nb_read_packets") or 0)
     if count <= 0:
         raise InvalidMediaError(f"{p} has zero video frames", "check the file is not empty or truncated")
+    warnings = _doubts(p, data, v, count, fps)
     rotation = _rotation(v)
     w, h = int(v["width"]), int(v["height"])
     if rotation in (90, 270):
@@ -113,7 +124,30 @@ def probe(path: str | Path) -> MediaInfo:
                      duration=duration or count / float(fps), rotation=rotation, codec=v.get("codec_name", ""),
                      pix_fmt=v.get("pix_fmt", ""), vfr=vfr, color=color, audio=audio, side_data=side,
                      tags={str(k).lower(): str(val) for k, val in (v.get("tags") or {}).items()},
-                     start_time=float(v.get("start_time") or 0.0))
+                     start_time=float(v.get("start_time") or 0.0), warnings=warnings)
+
+
+IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "tiff_pipe", "webp_pipe", "exr_pipe", "gif", "apng"}
+
+
+def _doubts(p: Path, data: dict[str, Any], v: dict[str, Any], count: int, fps: Fraction) -> list[str]:
+    """Inputs that decode but are probably not what the user meant: each becomes a logged warning."""
+    out = []
+    fmt = str((data.get("format") or {}).get("format_name", ""))
+    if set(fmt.split(",")) & IMAGE_FORMATS and p.suffix.lower() not in IMAGE_EXTS | {".gif", ".apng"}:
+        out.append(f"{p.name} is a {v.get('codec_name', 'still')} image named {p.suffix}, not a video: it is "
+                   f"processed as {count} frame(s); rename it, or give a folder of images")
+    elif not v.get("nb_frames"):
+        # containers without a frame count (mkv/webm): packets were counted; a cut-off file has fewer than
+        # its header's duration says (an mp4 cut off fails at decode instead: its index lists every frame)
+        declared = float((data.get("format") or {}).get("duration") or 0.0)
+        expect = int(declared * float(fps))
+        if expect and count < expect - max(2, expect // 50):
+            out.append(f"{p.name} looks truncated: {count} frames present, its header says about {expect}; "
+                       f"the run processes the {count} present (re-export or repair the file for the rest)")
+    for w in out:
+        log.warning("%s", w)
+    return out
 
 
 def _probe_images(folder: Path) -> MediaInfo:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import tempfile
 import threading
 from collections import deque
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -83,16 +83,23 @@ class FFmpegWriter:
 
 
 def join_segments(segments: list[Path], out: Path, audio_source: str | None, audio_codecs: list[str],
-                  start_seconds: float = 0.0, duration: float | None = None) -> bool:
+                  start_seconds: float = 0.0, duration: float | None = None, *, expect_frames: int | None = None,
+                  before_rename: Callable[[], None] | None = None) -> bool:
     """Concatenate segments with the concat demuxer (-c copy), add the source audio (copied), and rename
-    the result into place atomically. Returns whether audio was included."""
+    the result into place atomically. Returns whether audio was included.
+
+    Idempotent and kill-safe: the concat list and the ``.partial`` file have fixed names (a rerun overwrites
+    them; the list lives beside the segments and goes with them), and ``out`` appears only by rename. With
+    ``expect_frames`` the joined file's video packets are counted first: frames out must equal frames in."""
+    missing = [s.name for s in segments if not s.is_file()]
+    if missing:
+        raise EncodeError(f"cannot join {out.name}: segment {missing[0]} is missing",
+                          "--resume the run (it redoes missing segments)")
     ok = AUDIO_OK.get(out.suffix, set())
     with_audio = bool(audio_source and audio_codecs and (ok is None or audio_codecs[0] in ok))
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=out.parent, delete=False) as lst:
-        for seg in segments:
-            lst.write(f"file '{seg.resolve().as_posix()}'\n")
-        list_path = Path(lst.name)
+    list_path = segments[0].parent / (out.name + ".concat.txt") if segments else out.with_name(out.name + ".concat.txt")
+    text = "".join(f"file '{seg.resolve().as_posix()}'\n" for seg in segments)
     tmp = out.with_name(out.stem + ".partial" + out.suffix)
     cmd = [binary("ffmpeg"), "-nostdin", "-hide_banner", "-v", "error", "-y",
            "-f", "concat", "-safe", "0", "-i", str(list_path)]
@@ -111,9 +118,17 @@ def join_segments(segments: list[Path], out: Path, audio_source: str | None, aud
             cmd += ["-tag:v", "hvc1"] if _is_hevc(segments[0]) else []
     cmd.append(str(tmp))
     try:
+        list_path.write_text(text)
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             _raise_for_stderr(out.name, res.stderr)
+        if expect_frames is not None:
+            got = count_frames(tmp)
+            if got != expect_frames:
+                raise EncodeError(f"joined {out.name} has {got} frames, {expect_frames} went in",
+                                  "--resume the run (it re-checks and redoes bad segments)")
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, out)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
@@ -123,6 +138,15 @@ def join_segments(segments: list[Path], out: Path, audio_source: str | None, aud
         list_path.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
     return with_audio
+
+
+def count_frames(path: Path) -> int:
+    """Video packets in the first video stream (no decode): one per frame for every codec we write."""
+    res = subprocess.run([binary("ffprobe"), "-v", "error", "-select_streams", "v:0", "-count_packets",
+                          "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", str(path)],
+                         capture_output=True, text=True)
+    text = res.stdout.strip().split(",")[0].strip()
+    return int(text) if res.returncode == 0 and text.isdigit() else -1
 
 
 def _is_hevc(path: Path) -> bool:
