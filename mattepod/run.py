@@ -271,11 +271,9 @@ def make_engine(cfg: Config, info: MediaInfo, factory: Callable[[Config], Engine
 
 
 def device(cfg: Config) -> str:
-    if cfg.engine.device != "auto":
-        return cfg.engine.device
-    import torch
+    from mattepod.device import resolve  # the one device resolver
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve(cfg.engine.device)
 
 
 # ---- engine events -------------------------------------------------------------------------------------

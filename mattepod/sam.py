@@ -39,12 +39,10 @@ _MODELS: dict[tuple[str, str, str], Any] = {}
 
 
 def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; anything else is passed to torch as given."""
-    if device == "auto":
-        import torch
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; others checked (``mattepod.device.resolve``)."""
+    from mattepod.device import resolve
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return resolve(device)
 
 
 def default_size(device: str) -> str:

@@ -90,7 +90,7 @@ def parse_subject_args(items: Sequence[str]) -> list[dict[str, Any]]:
     """``--subject`` flags -> ``prompt.subjects`` entries (see ``SUBJECT_ARG_HELP``). ``points`` and
     ``box`` may be combined (``a:box=...:points=...``); ``mask=`` takes the rest of the flag as the path."""
     from mattepod.errors import ConfigError
-    from mattepod.prompts import parse_box, parse_points
+    from mattepod.request import parse_box, parse_points
 
     fix = 'write --subject "alice:points=640,360,1" or --subject "bob@40:mask=bob40.png"'
     subjects: dict[str, dict[str, Any]] = {}
@@ -117,9 +117,9 @@ def parse_subject_args(items: Sequence[str]) -> list[dict[str, Any]]:
                 continue
             value, _, rest = value.partition(":")
             if kind == "points":
-                entry["points"] = [{"x": x, "y": y, "label": lab} for x, y, lab in parse_points(value)]
+                entry["points"] = parse_points(value, f"--subject {name} points")
             elif kind == "box":
-                entry["box"] = list(parse_box(value))
+                entry["box"] = parse_box(value, f"--subject {name} box")
             elif kind == "person":
                 if not value.isdigit() or int(value) < 1:
                     raise ConfigError(f"--subject {item!r}: person={value} is not a rank 1, 2, ...", fix)
