@@ -47,19 +47,21 @@ def resolve_device(device: str) -> str:
 
 def default_size(device: str) -> str:
     """The SAM 2 size the page starts with: tiny on a CPU (a click must feel instant), base_plus on a GPU."""
-    try:
-        return "tiny" if resolve_device(device) == "cpu" else "base_plus"
-    except Exception:  # noqa: BLE001 - an unusable device is reported where it is used
-        return "tiny"
+    if device in ("auto", "", None):
+        try:
+            device = resolve_device("auto")
+        except Exception:  # noqa: BLE001 - an unusable device is reported where it is used
+            return "tiny"
+    return "base_plus" if str(device).startswith("cuda") else "tiny"
 
 
 def check_device(device: str) -> str:
-    """The torch device for ``device``, or a MaskError naming the device (not the weights) when it is absent."""
-    dev = resolve_device(device)
+    """The torch device for ``device``; an error naming the device (never the weights) when it is absent."""
+    dev = resolve_device(device)  # ConfigError for a malformed name or no CUDA at all
     if dev.startswith("cuda"):
         import torch
 
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        n = torch.cuda.device_count()
         idx = int(dev.split(":")[1]) if ":" in dev and dev.split(":")[1].isdigit() else 0
         if idx >= n:
             raise MaskError(f"engine.device {device} is not available (this machine has {n} CUDA device(s))",
