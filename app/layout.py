@@ -21,7 +21,7 @@ from app import media as mediamod
 from app import state as st
 from app.server import AppState
 
-UI_FORMATS = ["alpha", "green", "prores", "webm", "png", "alpha16", "packed"]
+UI_FORMATS = ["alpha", "green", "prores", "webm", "png", "alpha16", "packed", "idmap"]  # idmap: with subjects (#16)
 TOOLS = {"+ subject": "add", "− not subject": "remove", "▭ box": "box"}
 # The frame is scaled down to fit (never up: Gradio maps clicks back assuming scale <= 1).
 CSS = """
