@@ -257,8 +257,9 @@ def upload_outputs(spec: UploadIn | None, run_dir: Path, outputs: dict[str, str]
         if path.is_dir():
             raise ConfigError(f"{fmt} is a folder of images; a PUT URL takes one file", "upload a video format")
         status = netfetch.put(url, path, f"upload of {fmt}")
-        if status >= 300:
-            raise RunStateError(f"upload of {fmt} failed: HTTP {status}",
+        if status >= 300:  # the same neutral text as every network failure; the status goes to the log
+            log.warning("upload of %s: HTTP %s", fmt, status)
+            raise RunStateError(f"upload of {fmt}: the URL could not be used",
                                 "check the presigned PUT URL (expired? wrong method?); the file stays in "
                                 f"{path}")
         done[fmt] = url.split("?", 1)[0]
@@ -266,6 +267,8 @@ def upload_outputs(spec: UploadIn | None, run_dir: Path, outputs: dict[str, str]
         if importlib.util.find_spec("boto3") is None:
             raise ConfigError("upload.bucket needs boto3 in the worker image", "pip install boto3 in the image")
         from runpod.serverless.utils import rp_upload
+
+        netfetch.check_url(spec.bucket.endpoint_url, "upload.bucket.endpoint_url")  # no internal endpoints
 
         creds = {"endpointUrl": spec.bucket.endpoint_url, "accessId": spec.bucket.access_id,
                  "accessSecret": spec.bucket.access_secret}
@@ -430,11 +433,13 @@ def _run_pipeline(cfg: cfgmod.Config, run_dir: Path, relay: ProgressRelay) -> di
     """Run (or resume, or return) the run in ``run_dir``: a retried job id lands on its own folder again."""
     from mattepod import pipeline
 
-    meta = read_json(run_dir / METADATA) or {}
-    if meta.get("status") == "completed":
+    from mattepod.jobs import next_action  # the one resume policy
+
+    action = next_action(run_dir)
+    if action == "skip":
         log.info("run %s already completed; returning it", run_dir)
-        return meta
-    resume = run_dir if meta else None
+        return read_json(run_dir / METADATA) or {}
+    resume = run_dir if action == "resume" else None
     with ENGINES.lease() as factory:
         opts = pipeline.RunOptions(run_dir=None if resume else run_dir, resume=resume, progress_bar=False,
                                    keep_prompt_models=True,
