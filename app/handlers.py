@@ -24,6 +24,7 @@ from mattepod import config as configmod
 from mattepod import jobs
 from mattepod import request as rq
 from mattepod.errors import MattePodError
+from mattepod.quality import page_markdown
 
 log = logging.getLogger("mattepod.app")
 
@@ -378,6 +379,8 @@ def job_view(app: AppState, job_id: str | None) -> JobView | None:
     line = f"**{info.id}** — {info.summary()}"
     if info.error and info.status != jobs.COMPLETED:
         line = f"**{info.id}** — {info.status}: {mediamod.public_message(info.error.get('message', ''))}"
+    if info.status == jobs.COMPLETED and (scores := page_markdown(info.run_dir)):  # issue 17: quality.json
+        line += "\n\n" + scores
     final = info.status in jobs.FINAL
     return JobView(info.id, info.status, line, can_cancel=info.status in (jobs.QUEUED, jobs.RUNNING)
                    and not info.cancelling, can_resume=info.resumable, can_delete=final, final=final,
