@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -24,12 +24,14 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from mattepod import config as configmod
-from mattepod.errors import InputNotFoundError, MattePodError, RunStateError
+from mattepod import paths, settings
+from mattepod.errors import ConfigError, InputNotFoundError, MattePodError, RunStateError
+from mattepod.runfolder import METADATA, new_run_dir
 
 if TYPE_CHECKING:
     import numpy as np
@@ -37,11 +39,45 @@ if TYPE_CHECKING:
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SCRIPT = REPO_ROOT / "scripts" / "run_inference.py"
 
-QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED, INTERRUPTED = (
-    "queued", "running", "completed", "failed", "cancelled", "interrupted")
+class Status(str, Enum):
+    """Every status a run or job can have (metadata.json, job.json, the UI, the batch summary, the worker)."""
+
+    QUEUED = "queued"  # job layer only: waiting for a slot
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # stopped on purpose; resumable
+    INTERRUPTED = "interrupted"  # the process is gone without a final status (kill -9, pod restart); resumable
+
+
+# plain strings in files and JSON
+QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED, INTERRUPTED = (s.value for s in Status)
 FINAL = {COMPLETED, FAILED, CANCELLED, INTERRUPTED}
 JOB_FILE, STDOUT_FILE, STDERR_FILE = "job.json", "job.stdout.jsonl", "job.stderr.log"
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+
+
+# ---------------------------------------------------------------- resume policy -------------------------------
+
+def resume_command(run: str | os.PathLike) -> list[str]:
+    """The command that continues an unfinished run folder (its own config.yaml and prompt are inside)."""
+    return ["python", "-m", "mattepod", "run", "--resume", str(run)]
+
+
+def resume_hint(run: str | os.PathLike) -> str:
+    return "resume it: " + shlex.join(resume_command(run))
+
+
+def next_action(run: str | os.PathLike) -> str:
+    """The one resume policy of a deterministic run folder (batch, serverless retries): ``skip`` a completed
+    run (finished work is never redone or overwritten), ``resume`` any other run that left metadata, ``new``
+    when the folder holds no run yet."""
+    try:
+        meta = json.loads((Path(run) / METADATA).read_text())
+    except (OSError, ValueError):
+        return "new"
+    if not isinstance(meta, dict):
+        return "new"
+    return "skip" if meta.get("status") == COMPLETED else "resume"
 
 
 # ---------------------------------------------------------------- paths ---------------------------------------
@@ -58,63 +94,47 @@ class Roots:
     def from_env(cls) -> "Roots":
         """INPUT_DIR, OUTPUT_DIR, MODEL_CACHE_DIR; without INPUT_DIR the input folder sits next to the output
         folder (``/workspace/input`` beside ``/workspace/output``: uploads land on the same volume)."""
-        output = Path(os.environ.get("OUTPUT_DIR") or "output").resolve()
-        default_input = output.parent / "input" if os.environ.get("OUTPUT_DIR") else Path("input")
-        return cls(Path(os.environ.get("INPUT_DIR") or default_input).resolve(), output,
-                   Path(os.environ.get("MODEL_CACHE_DIR") or "weights").resolve())
+        env = settings.get()
+        output = Path(env.output_dir or "output").resolve()
+        default_input = output.parent / "input" if env.output_dir else Path("input")
+        return cls(Path(env.input_dir or default_input).resolve(), output,
+                   Path(env.model_cache_dir or "weights").resolve())
 
     def all(self) -> list[Path]:
         return [self.input, self.output, self.weights]
 
+    def confinement(self) -> paths.Roots:
+        """The app's confinement rule: read the input and output folders, write run folders into the output
+        folder, weights only from the weights folder; a relative path names a file in the input folder."""
+        return paths.Roots.of(read=[self.input], write=[self.output], weights=[self.weights], base=self.input)
 
-def inside(path: str | os.PathLike, roots: Iterable[Path]) -> Path:
-    """``path`` resolved (symlinks followed) if it lies inside one of ``roots``; an error otherwise.
 
-    Every path that arrives over the web goes through here: ``..``, absolute paths elsewhere and symlinks that
-    leave the volume are all refused the same way.
-    """
-    if path is None or str(path).strip() == "" or "\x00" in str(path):
-        raise InputNotFoundError("no file path given", "choose a file in the input or output folder")
-    real = Path(path).expanduser().resolve()
-    for root in roots:
-        root = Path(root).resolve()
-        if real == root or root in real.parents:
-            return real
-    names = ", ".join(str(Path(r)) for r in roots)
-    raise InputNotFoundError(f"{path} is outside the allowed folders ({names})",
-                             "put the file into the input folder and choose it from there")
+inside = paths.inside  # every path that arrives over the web goes through the one rule (mattepod.paths)
 
 
 def check_job_id(job_id: str) -> str:
     """A job id is a run folder's bare name; anything else (slashes, '..') is refused."""
-    job_id = (job_id or "").strip()
-    if not _JOB_ID.match(job_id) or ".." in job_id:
-        raise RunStateError(f"{job_id!r} is not a job id", "use an id returned by submit or listed by list_jobs")
-    return job_id
+    try:
+        return paths.safe_name((job_id or "").strip(), "job id")
+    except ConfigError:
+        raise RunStateError(f"{job_id!r} is not a job id", "use an id returned by submit or listed by list_jobs") from None
 
 
 # ---------------------------------------------------------------- run folders ---------------------------------
 
 def create_run(cfg: configmod.Config, output_dir: str | Path, stem: str | None = None,
-               mask: "np.ndarray | None" = None) -> Path:
+               mask: "np.ndarray | None" = None, keyframe_masks: "dict[int, np.ndarray] | None" = None,
+               subjects: "list[dict] | None" = None,
+               subject_masks: "dict[tuple[str, int], np.ndarray] | None" = None) -> Path:
     """Make ``<output>/<stem>_<YYYYmmdd-HHMMSS>/`` (a suffix when taken), write config.yaml and job.json.
 
     ``mask`` (float (H, W) in [0, 1], e.g. SAM 2 + brush edits from the UI) is saved as the run's own
     ``prompt_mask.png`` and becomes ``prompt.mask``, so the job needs no SAM 2 and the run is repeatable.
+    ``keyframe_masks`` ({frame: mask}, corrections made on other frames) become ``keyframe_NNNNNN.png``
+    entries of ``prompt.keyframes`` the same way.
     """
     output_dir = Path(output_dir).resolve()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem or Path(cfg.input or "run").stem).strip("._") or "run"
-    base = f"{stem}_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    for n in range(1000):
-        run = output_dir / (base if n == 0 else f"{base}-{n + 1}")
-        try:
-            run.mkdir()
-            break
-        except FileExistsError:
-            continue
-    else:  # pragma: no cover - a thousand runs in one second
-        raise RunStateError(f"cannot create a run folder for {base} in {output_dir}", "try again")
+    run = new_run_dir(output_dir, paths.slug(stem or Path(cfg.input or "run").stem))  # the one naming
     data = cfg.model_dump(mode="json")
     data["output_dir"] = str(output_dir)
     if mask is not None:
@@ -124,6 +144,28 @@ def create_run(cfg: configmod.Config, output_dir: str | Path, stem: str | None =
         png = run / "prompt_mask.png"
         cv2.imwrite(str(png), (np.clip(np.asarray(mask, np.float32), 0, 1) * 255).round().astype(np.uint8))
         data["prompt"].update(mask=str(png), points=[], box=None)
+    for frame, kmask in sorted((keyframe_masks or {}).items()):
+        import cv2
+        import numpy as np
+
+        png = run / f"keyframe_{int(frame):06d}.png"
+        cv2.imwrite(str(png), (np.clip(np.asarray(kmask, np.float32), 0, 1) * 255).round().astype(np.uint8))
+        data["prompt"]["keyframes"] = [k for k in data["prompt"].get("keyframes") or [] if k["frame"] != frame]
+        data["prompt"]["keyframes"].append({"frame": int(frame), "mask": str(png)})
+    if subjects:  # several subjects (#16): masks saved as subject_<name>_NNNNNN.png, like the prompt mask
+        import cv2
+        import numpy as np
+
+        subs = [dict(sub) for sub in subjects]
+        for (name, frame), smask in sorted((subject_masks or {}).items()):
+            png = run / f"subject_{name}_{int(frame):06d}.png"
+            cv2.imwrite(str(png), (np.clip(np.asarray(smask, np.float32), 0, 1) * 255).round().astype(np.uint8))
+            sub = next(s for s in subs if s["name"] == name)
+            if int(sub.get("frame") or 0) == int(frame):
+                sub.update(mask=str(png), points=[], box=None)
+            else:
+                sub["keyframes"] = [*sub.get("keyframes", []), {"frame": int(frame), "mask": str(png)}]
+        data["prompt"]["subjects"] = subs
     cfg = configmod.validate(data, "job config")
     (run / "config.yaml").write_text(configmod.dump(cfg))
     _write_json(run / JOB_FILE, {"status": QUEUED, "created": time.time(), "input": cfg.input,
@@ -215,6 +257,12 @@ class JobInfo:
     input: str | None = None
     created: float | None = None
     exit_code: int | None = None
+    started: float | None = None
+    finished: float | None = None
+    elapsed: float | None = None  # seconds running (so far, or in all when it ended)
+    cancelling: bool = False  # Cancel was pressed; the job is stopping at a frame boundary
+    resumable: bool = False  # interrupted/cancelled/failed with a run the CLI can --resume (or never started)
+    proxies: dict[str, str] = field(default_factory=dict)  # format -> browser-playable 8-bit H.264 preview
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -223,18 +271,48 @@ class JobInfo:
         return list(self.outputs.values()) + list(self.previews)
 
     def summary(self) -> str:
+        """One line: 'running · matting 4/79 frames · 2.35 fps · ETA 0:00:32 · 0:00:10 elapsed'."""
         if self.status == QUEUED:
             return f"queued (position {self.position})" if self.position else "queued"
-        if self.status == RUNNING and self.total:
-            bits = [f"{self.stage or 'running'} {self.frame or 0}/{self.total}"]
+        if self.status == RUNNING:
+            bits = ["cancelling" if self.cancelling else "running"]
+            if self.total:
+                bits.append(f"{self.stage or 'matting'} {self.frame or 0}/{self.total} frames")
+            elif not self.cancelling:
+                bits.append("starting")
             if self.fps:
-                bits.append(f"{self.fps:.1f} fps")
-            if self.eta is not None:
-                bits.append(f"ETA {self.eta:.0f}s")
-            return ", ".join(bits)
+                bits.append(f"{fmt_fps(self.fps)} fps")
+            if self.eta is not None and not self.cancelling:
+                bits.append(f"ETA {fmt_duration(self.eta)}")
+            if self.elapsed is not None:
+                bits.append(f"{fmt_duration(self.elapsed)} elapsed")
+            return " · ".join(bits)
+        tail = f" · {fmt_duration(self.elapsed)}" if self.elapsed is not None else ""
         if self.error and self.status in (FAILED, INTERRUPTED):
-            return f"{self.status}: {self.error.get('message', '')}"
-        return self.status
+            return f"{self.status}: {self.error.get('message', '')}{tail}"
+        if self.status in (CANCELLED, INTERRUPTED) and self.total:
+            return f"{self.status} at {self.frame or 0}/{self.total} frames{tail}"
+        return f"{self.status}{tail}"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """h:mm:ss (2099 -> '0:34:59')."""
+    if seconds is None:
+        return "?"
+    s = max(0, int(round(float(seconds))))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def fmt_fps(fps: float) -> str:
+    """Three significant digits, so a slow CPU job reads 0.0412 fps rather than 0.0."""
+    fps = float(fps)
+    if fps >= 100:
+        return f"{fps:.0f}"
+    if fps >= 10:
+        return f"{fps:.1f}"
+    if fps >= 1:
+        return f"{fps:.2f}"
+    return f"{fps:.3g}"
 
 
 def _files_in(run: Path, names: Iterable[str]) -> list[Path]:
@@ -280,8 +358,7 @@ def read_job(run: Path, live_status: str | None = None, position: int | None = N
     error = job.get("error") or meta.get("error") or (done or {}).get("error")
     if status == INTERRUPTED and not error:
         error = {"type": "Interrupted", "exit_code": None,
-                 "message": "the job stopped without finishing (app or pod restarted?); "
-                            f"resume it: python -m mattepod run {run}/config.yaml --resume {run}"}
+                 "message": "the job stopped without finishing (app or pod restarted?): press Resume, or " + resume_hint(run)}
     if error is not None and not isinstance(error, dict):
         error = {"type": "Error", "message": str(error), "exit_code": job.get("exit_code")}
 
@@ -298,13 +375,27 @@ def read_job(run: Path, live_status: str | None = None, position: int | None = N
 
     frames = meta.get("frames") or {}
     p = progress or {}
+    started, finished = job.get("started"), job.get("finished")
+    elapsed = None
+    if started:
+        end = finished if (finished and status in FINAL) else (time.time() if status == RUNNING else finished)
+        elapsed = max(0.0, float(end) - float(started)) if end else None
+    proxies = {}
+    for fmt, name in ((meta.get("proxies") or {}).items() if isinstance(meta.get("proxies"), dict) else []):
+        found = _files_in(run, [name])
+        if found:
+            proxies[str(fmt)] = str(found[0])
+    resumable = status in (INTERRUPTED, CANCELLED, FAILED) and (run / "config.yaml").is_file() and (
+        not (run / "metadata.json").exists() or meta.get("status") != COMPLETED)
     return JobInfo(
         id=run.name, run_dir=str(run), status=status, position=position if status == QUEUED else None,
         frame=p.get("frame", frames.get("done")), total=p.get("total", frames.get("total")),
         fps=p.get("fps"), eta=p.get("eta"), stage=p.get("stage"), error=error,
         outputs=outputs, previews=previews, input=job.get("input") or (meta.get("input") or {}).get("path"),
         created=job.get("created") or (run.stat().st_mtime if run.exists() else None),
-        exit_code=job.get("exit_code"))
+        exit_code=job.get("exit_code"), started=started, finished=finished, elapsed=elapsed,
+        cancelling=bool(job.get("cancel_requested")) and status == RUNNING, resumable=resumable,
+        proxies=proxies)
 
 
 # ---------------------------------------------------------------- manager -------------------------------------
@@ -328,11 +419,13 @@ class JobManager:
 
     def __init__(self, output_dir: str | Path, max_running: int | None = None,
                  command: Callable[[Path], list[str]] | None = None, env: dict[str, str] | None = None,
-                 kill_grace: float = 10.0, poll: float = 0.25, recover: bool = True):
+                 kill_grace: float = 10.0, poll: float = 0.25, recover: bool = True,
+                 resume_command: Callable[[Path], list[str]] | None = None):
         self.output_dir = Path(output_dir).resolve()
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.max_running = max_running or int(os.environ.get("MATTEPOD_MAX_JOBS", "1"))
+        self.max_running = max_running or settings.get().max_jobs
         self.command = command or default_command
+        self.resume_command = resume_command or default_resume_command
         self.env = env
         self.kill_grace = kill_grace
         self.poll = poll
@@ -392,8 +485,10 @@ class JobManager:
                 continue
         return sorted(infos, key=lambda j: j.created or 0, reverse=True)
 
-    def cancel(self, job_id: str) -> JobInfo:
-        """Stop a job: dequeue it, or SIGTERM its process group (SIGKILL after ``kill_grace`` seconds)."""
+    def cancel(self, job_id: str, wait: bool = True) -> JobInfo:
+        """Stop a job: dequeue it, or SIGTERM its process group -- the run stops at a frame boundary and stays
+        resumable -- escalating to SIGKILL after ``kill_grace`` seconds. ``wait=False`` returns at once with
+        the job marked ``cancelling`` (the page shows that while the job winds down)."""
         run = self.run_path(job_id)
         with self._lock:
             live = self._live.get(run.name)
@@ -403,6 +498,14 @@ class JobManager:
             if info.status in (QUEUED, RUNNING):  # left by an earlier app process
                 pid = _read_json(run / JOB_FILE).get("pid")
                 if info.status == RUNNING and _pid_alive_for(pid, run):
+                    _update_job_file(run, cancel_requested=time.time())
+                    if not wait:
+                        def stop_orphan() -> None:
+                            _kill_group(pid, self.kill_grace)
+                            _update_job_file(run, status=CANCELLED, finished=time.time())
+
+                        threading.Thread(target=stop_orphan, name=f"cancel-{run.name}", daemon=True).start()
+                        return read_job(run)
                     _kill_group(pid, self.kill_grace)
                 _update_job_file(run, status=CANCELLED, finished=time.time())
             return read_job(run)
@@ -415,10 +518,73 @@ class JobManager:
                 self._lock.notify_all()
                 return read_job(run)
             pid = live.pid
+        _update_job_file(run, cancel_requested=time.time())
         if pid:
-            _kill_group(pid, self.kill_grace)
-        live.finished.wait(self.kill_grace + 5)
+            if wait:
+                _kill_group(pid, self.kill_grace)
+            else:
+                threading.Thread(target=_kill_group, args=(pid, self.kill_grace), name=f"cancel-{run.name}",
+                                 daemon=True).start()
+        if wait:
+            live.finished.wait(self.kill_grace + 5)
         return self.status(run.name)
+
+    def resume(self, job_id: str) -> JobInfo:
+        """Queue an interrupted, cancelled or failed job again: the CLI's ``run --resume RUN_DIR`` continues
+        from its last checkpoint (a job that never started is simply run)."""
+        run = self.run_path(job_id)
+        with self._lock:
+            live = self._live.get(run.name)
+            if live is not None and not live.finished.is_set():
+                raise RunStateError(f"job {run.name} is still {read_job(run).status}", "wait for it or cancel it")
+            info = read_job(run)
+            if not info.resumable:
+                raise RunStateError(f"job {run.name} is {info.status} and cannot be resumed",
+                                    "start a new run instead")
+            started_before = (run / "metadata.json").exists()
+            _update_job_file(run, status=QUEUED, resume=started_before, pid=None, exit_code=None, error=None,
+                             cancel_requested=None, finished=None, queued=time.time())
+            self._live[run.name] = _Live(run)
+            self._queue.append(run.name)
+            self._lock.notify_all()
+        return self.status(run.name)
+
+    def delete(self, job_id: str) -> None:
+        """Remove a finished job's run folder (never one that is queued or running)."""
+        import shutil
+
+        run = self.run_path(job_id)
+        with self._lock:
+            live = self._live.get(run.name)
+            if live is not None and not live.finished.is_set():
+                raise RunStateError(f"job {run.name} is still {read_job(run).status}", "cancel it first")
+            if read_job(run).status in (QUEUED, RUNNING):
+                raise RunStateError(f"job {run.name} is still running", "cancel it first")
+            self._live.pop(run.name, None)
+        if run == self.output_dir or self.output_dir not in run.parents:  # never the volume itself
+            raise RunStateError(f"{job_id!r} is not a job folder", "use an id listed by list_jobs")
+        shutil.rmtree(run)
+
+    def zip_outputs(self, job_id: str) -> Path:
+        """``<run>/<id>.zip`` with the outputs, previews, config and metadata (rebuilt when they changed)."""
+        import zipfile
+
+        run = self.run_path(job_id)
+        info = read_job(run)
+        members = [Path(p) for p in info.files()]
+        members += [run / n for n in ("config.yaml", "metadata.json", "prompt_mask.png") if (run / n).is_file()]
+        if not info.outputs:
+            raise RunStateError(f"job {run.name} has no outputs yet", "wait until it has completed")
+        dest = run / f"{run.name}.zip"
+        newest = max(p.stat().st_mtime for p in members)
+        if dest.is_file() and dest.stat().st_mtime >= newest:
+            return dest
+        tmp = dest.with_suffix(".zip.tmp")
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:  # videos do not deflate
+            for p in members:
+                zf.write(p, p.relative_to(run).as_posix())
+        os.replace(tmp, dest)
+        return dest
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobInfo:
         with self._lock:
@@ -474,7 +640,7 @@ class JobManager:
 
     def _execute(self, live: _Live) -> None:
         run = live.run
-        argv = self.command(run)
+        argv = self.resume_command(run) if _read_json(run / JOB_FILE).get("resume") else self.command(run)
         env = dict(os.environ if self.env is None else self.env)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -529,9 +695,16 @@ class JobManager:
 
 def default_command(run: Path) -> list[str]:
     """The real job: the CLI script on the run folder's own config (env MATTEPOD_JOB_SCRIPT overrides)."""
-    script = os.environ.get("MATTEPOD_JOB_SCRIPT") or str(DEFAULT_SCRIPT)
+    script = settings.get().job_script or str(DEFAULT_SCRIPT)
     entry = [script] if Path(script).is_file() else ["-m", "mattepod", "run"]
     return [sys.executable, *entry, str(run / "config.yaml"), "--run-dir", str(run), "--progress-json"]
+
+
+def default_resume_command(run: Path) -> list[str]:
+    """The CLI's own resume: ``run --resume RUN_DIR`` continues from the run's last checkpoint."""
+    script = os.environ.get("MATTEPOD_JOB_SCRIPT") or str(DEFAULT_SCRIPT)
+    entry = [script] if Path(script).is_file() else ["-m", "mattepod", "run"]
+    return [sys.executable, *entry, "--resume", str(run), "--progress-json"]
 
 
 def _kill_group(pid: int, grace: float) -> None:

@@ -33,8 +33,17 @@ from mattepod.media.writer import FFmpegWriter
 EVEN_PAD = ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
 
 
-# Encoder presets (bench/encode_speed.py measures every one; CONFIG.md "Encoder speed" says why these).
-PRESETS = {"libx264": "fast", "libx265": "fast", "h264_nvenc": "p5", "hevc_nvenc": "p5"}
+# Encoder presets, chosen from bench/encode_speed.py (CONFIG.md "Encoder speed" has the figures): x264
+# veryfast gives files the size of fast, faster; x265 fast up to 4K, ultrafast above (8K SBS: about 6x
+# faster, the matte's mean error unchanged at ~1e-4), where the CPU encoder is what limits a GPU run.
+PRESETS = {"libx264": "veryfast", "libx265": "fast", "h264_nvenc": "p5", "hevc_nvenc": "p5"}
+PRESETS_ABOVE_4K = {**PRESETS, "libx265": "ultrafast", "h264_nvenc": "p4", "hevc_nvenc": "p4"}
+PIXELS_4K = 3840 * 2160
+
+
+def preset_for(encoder: str, pixels: int) -> str:
+    table = PRESETS_ABOVE_4K if pixels > PIXELS_4K else PRESETS
+    return table.get(encoder, table["libx264"])
 
 
 def hex_rgb(color: str) -> np.ndarray:
@@ -88,6 +97,7 @@ class RenderContext:
     layout: Any = None  # mattepod.stereo.Layout in vr180 mode
     fov: float = 180.0
     cache: devframes.DeviceCache | None = None  # where the torch renderers work (None = CPU)
+    pixels: int = 0  # of the encoded frame: picks the preset (PRESETS / PRESETS_ABOVE_4K)
 
     def colour_t(self) -> torch.Tensor:
         dev = self.cache.device if self.cache else torch.device("cpu")
@@ -99,13 +109,13 @@ class RenderContext:
 
     def x264(self, preset: str | None = None) -> list[str]:
         enc = self.video_encoders["h264"]
-        preset = preset or PRESETS[enc if enc in PRESETS else "libx264"]
+        preset = preset or preset_for(enc, self.pixels)
         q = ["-cq", str(self.cfg.crf), "-preset", preset] if "nvenc" in enc else ["-crf", str(self.cfg.crf), "-preset", preset]
         return [*EVEN_PAD, "-c:v", enc, *q, "-pix_fmt", "yuv420p"]
 
     def x265_10(self, preset: str | None = None) -> list[str]:
         enc = self.video_encoders["hevc"]
-        preset = preset or PRESETS[enc if enc in PRESETS else "libx265"]
+        preset = preset or preset_for(enc, self.pixels)
         if "nvenc" in enc:
             return [*EVEN_PAD, "-c:v", enc, "-cq", str(self.cfg.crf), "-preset", preset, "-pix_fmt", "p010le", "-tag:v", "hvc1"]
         return [*EVEN_PAD, "-c:v", enc, "-crf", str(self.cfg.crf), "-preset", preset, "-pix_fmt", "yuv420p10le",
@@ -240,7 +250,8 @@ class OutputSet:
             raise ConfigError("outputs.formats 'packed' needs stereo.mode: vr180", "set stereo.mode: vr180")
         self.ctx = RenderContext(self.cfg, self.video_encoders,
                                  background=(lambda _i: self._bg.next()) if self._bg else None,
-                                 layout=self.layout, fov=self.fov, cache=devframes.cache_for(self.device))
+                                 layout=self.layout, fov=self.fov, cache=devframes.cache_for(self.device),
+                                 pixels=self.width * self.height)
 
     def name(self, fmt: Format) -> str:
         return output_name(self.stem, fmt, self.cfg, self.layout, self.fov)

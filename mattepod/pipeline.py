@@ -45,43 +45,10 @@ class RunResult:
     metadata: dict[str, Any]
 
 
-def plan(cfg: Config) -> dict[str, Any]:
-    """What a run would do (``--dry-run``): validated config + input probe + frame range; creates nothing."""
-    info = _probe_input(cfg)
-    first, count = _frame_range(cfg, info)
-    gt_start = quality.precheck(cfg, info, first, count)  # issue 17
-    return {"input": info.to_json(), "start_frame": first, "frames": count, "engine": cfg.engine.name,
-            "outputs": list(cfg.outputs.formats), "prompt_frame": cfg.prompt.frame,
-            "segments": -(-count // cfg.recovery.segment_frames), "stereo": cfg.stereo.mode,
-            "weights_dir": str(cfg.resolved_weights_dir()),
-            "quality": None if gt_start is None else {"gt": cfg.quality.gt, "gt_start": gt_start,
-                                                      "depth": cfg.quality.depth}}
-
-
-def _probe_input(cfg: Config) -> MediaInfo:
-    if not cfg.input:
-        raise config_mod.ConfigError("no input given", "pass --input VIDEO or set input: in the config")
-    binary("ffmpeg")
-    return probe(cfg.input)
-
-
-def _frame_range(cfg: Config, info: MediaInfo) -> tuple[int, int]:
-    if cfg.start_frame >= info.frame_count:
-        raise InvalidMediaError(f"start_frame {cfg.start_frame} is beyond the end ({info.frame_count} frames)",
-                                f"choose a start frame below {info.frame_count}")
-    count = info.frame_count - cfg.start_frame
-    if cfg.max_frames:
-        count = min(count, cfg.max_frames)
-    for spec in [cfg.prompt.frame, *(k.frame for k in cfg.prompt.keyframes)]:
-        if spec >= count:
-            raise MaskError(f"prompt frame {spec} is beyond the last processed frame ({count - 1})",
-                            "choose a prompt frame inside the processed range")
-    for sub in cfg.prompt.subjects:  # prompt.subjects (#16): each subject's own frames
-        for f in [cfg.prompt.frame if sub.frame is None else sub.frame, *(k.frame for k in sub.keyframes)]:
-            if f >= count:
-                raise MaskError(f"subject {sub.name}: prompt frame {f} is beyond the last processed frame ({count - 1})",
-                                "choose a prompt frame inside the processed range")
-    return cfg.start_frame, count
+# plan / probe / frame range live in mattepod/plan.py: a dry run must not import torch (issue 12)
+from mattepod.plan import frame_range as _frame_range  # noqa: E402,F401
+from mattepod.plan import plan  # noqa: E402,F401
+from mattepod.plan import probe_input as _probe_input  # noqa: E402,F401
 
 
 def run(cfg: Config, opts: RunOptions | None = None) -> RunResult:

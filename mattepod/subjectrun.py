@@ -31,7 +31,7 @@ import numpy as np
 
 from mattepod.outputs import Format, OutputSet, over
 from mattepod.prompts import PromptSpec
-from mattepod.run import Run, _chunk_len, _free_prompt_models, _prompt, _spill_path, make_engine
+from mattepod.run import SPILL_CHUNK_BYTES, Run, _free_prompt_models, _prompt, _spill_path, make_engine
 from mattepod.subjects import SubjectPlan, SubjectsEngine, exclude, id_map, plans_from_config, union
 
 IDMAP = Format("idmap", "_idmap_png", "gray", lambda fr, a, c: a, None)
@@ -274,7 +274,10 @@ class SubjectsRun(Run):
             def resolve(spec: PromptSpec, frame: np.ndarray | None, preview: str) -> np.ndarray | None:
                 return _prompt(cfg, self.info, self.first, spec, self.run_dir, preview, frame)
 
-            self.engine = SubjectsTrack(engine, self.plans, resolve, self.spill, _chunk_len(self.info))
+            # a backward chunk holds its frames (3 bytes a pixel) and every subject's alpha (2 bytes each)
+            px = self.info.width * self.info.height * (3 + 2 * len(self.plans))
+            self.engine = SubjectsTrack(engine, self.plans, resolve, self.spill,
+                                        max(1, min(64, SPILL_CHUNK_BYTES // px)))
             self.folder.update(**self._engine_report())
         return self.engine
 

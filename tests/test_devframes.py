@@ -99,6 +99,16 @@ def test_every_output_format_renders_like_the_numpy_path(tmp_path):
         assert np.abs(got.astype(np.int64) - ref.astype(np.int64)).max() <= 1, fmt.name
 
 
+def test_16bit_samples_as_int16_bit_patterns():
+    """The CUDA form of 16-bit samples (int16 bit patterns) downloads as the same uint16 values."""
+    vals = torch.tensor([0, 1, 32767, 32768, 40000, 65535], dtype=torch.float32)
+    assert devframes.to_u16(vals, bit_pattern=True).dtype == torch.int16
+    assert np.array_equal(devframes.download(devframes.to_u16(vals, bit_pattern=True)),
+                          np.array([0, 1, 32767, 32768, 40000, 65535], np.uint16))
+    assert np.array_equal(devframes.download(devframes.to_u16(vals, bit_pattern=False)),
+                          devframes.download(devframes.to_u16(vals, bit_pattern=True)))
+
+
 def test_cache_reuses_a_device_copy_while_the_host_array_lives():
     """The bookkeeping of the non-CPU branch, on torch's "meta" device (no GPU here)."""
     cache = devframes.DeviceCache("meta")
