@@ -234,12 +234,13 @@ def test_brush_run_reload_reattaches_cancel_and_resume(app, browser, tmp_path):
     canvas = page.locator("#brush canvas").filter(visible=True).first
     canvas.wait_for()
     page.wait_for_timeout(1000)
+    page.locator("#brush button[aria-label='Brush']").first.click()  # the editor's brush tool
     bb = canvas.bounding_box()
     x0, y0 = bb["x"] + bb["width"] * 0.75, bb["y"] + bb["height"] * 0.3
     page.mouse.move(x0, y0)
     page.mouse.down()
     for i in range(1, 9):
-        page.mouse.move(x0, y0 + bb["height"] * 0.05 * i)
+        page.mouse.move(x0, y0 + bb["height"] * 0.05 * i, steps=4)
     page.mouse.up()
     page.get_by_role("button", name="Apply brush to mask").click()
     text_has(page, "#prompt-info", "1 brush stroke")
