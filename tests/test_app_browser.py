@@ -248,11 +248,11 @@ def test_brush_run_reload_reattaches_cancel_and_resume(app, browser, tmp_path):
     assert covered > 12, covered  # the green stroke was added to the mask
 
     page.click("#run")
-    page.wait_for_function("() => /matting \\d+\\/3000 frames/.test(document.querySelector('#run-status').innerText)",
+    page.wait_for_function("() => /matting \\d+\\/3000 frames/.test((document.querySelector('#run-status')?.innerText || ''))",
                            timeout=180_000)
     # defect 5: a reloaded page shows the running job's live progress in one place
     page.reload()
-    page.wait_for_function("() => /matting \\d+\\/3000 frames/.test(document.querySelector('#run-status').innerText)",
+    page.wait_for_function("() => /matting \\d+\\/3000 frames/.test((document.querySelector('#run-status')?.innerText || ''))",
                            timeout=60_000)
     status = page.locator("#run-status").inner_text()
     assert "fps" in status and "ETA" in status and "elapsed" in status and "submitted" not in status, status
@@ -263,7 +263,7 @@ def test_brush_run_reload_reattaches_cancel_and_resume(app, browser, tmp_path):
     page.click("#cancel")
     page.wait_for_selector("#confirm-cancel", state="visible")
     page.click("#confirm-yes")
-    page.wait_for_function("() => /cancell/.test(document.querySelector('#run-status').innerText)", timeout=10_000)
+    page.wait_for_function("() => /cancell/.test((document.querySelector('#run-status')?.innerText || ''))", timeout=10_000)
     text_has(page, "#run-status", "cancelled", timeout=60_000)
     page.wait_for_function("() => !document.querySelector('#resume').disabled", timeout=10_000)
     assert page.locator("#cancel").is_disabled()
@@ -281,7 +281,7 @@ def test_brush_run_reload_reattaches_cancel_and_resume(app, browser, tmp_path):
     assert saved[BOX["y0"] + 5, BOX["x0"] + 5] > 127  # and the uploaded square is still in it
 
     page.click("#resume")
-    page.wait_for_function("() => /running|queued/.test(document.querySelector('#run-status').innerText)",
+    page.wait_for_function("() => /running|queued/.test((document.querySelector('#run-status')?.innerText || ''))",
                            timeout=30_000)
     assert "--resume" in " ".join(json.loads((run / "job.json").read_text()).get("argv") or ["--resume?"]) or \
         json.loads((run / "job.json").read_text()).get("resume")
