@@ -33,16 +33,14 @@ import numpy as np
 
 from mattepod import config as configmod
 from mattepod import jobs
+from mattepod import request as rq
 from mattepod.errors import MattePodError
+from mattepod.media.exts import VIDEO_EXTS
 
 log = logging.getLogger("mattepod.app")
 
-VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mts", ".ts"}
 UI_FORMATS = ["alpha", "green", "prores", "webm", "png", "alpha16", "packed"]
 POSITIVE, NEGATIVE = "subject (+)", "not subject (-)"
-# Config keys an API caller may not set: the server decides where files live.
-FORBIDDEN_KEYS = {"input", "output_dir", "weights_dir", "prompt.mask", "prompt.mask_add", "prompt.mask_subtract",
-                  "prompt.keyframes", "outputs.background", "recovery.auto_resume"}
 
 
 # ---------------------------------------------------------------- settings ------------------------------------
@@ -264,67 +262,38 @@ def adopt_upload(upload: str, roots: jobs.Roots) -> Path:
 
 
 def parse_points(text: str | list | None) -> list[list[float]]:
-    """Points as JSON ``[[x, y, label], ...]`` / ``[{"x":..,"y":..,"label":..}]`` or ``"x,y,l;x,y,l"``."""
-    if text is None or text == "" or text == []:
-        return []
-    data: Any = text
-    if isinstance(text, str):
-        try:
-            data = json.loads(text)
-        except ValueError:
-            data = [p.split(",") for p in text.split(";") if p.strip()]
-    out = []
-    for item in data:
-        if isinstance(item, dict):
-            item = [item.get("x"), item.get("y"), item.get("label", 1)]
-        try:
-            x, y = float(item[0]), float(item[1])
-            label = int(item[2]) if len(item) > 2 else 1
-        except (TypeError, ValueError, IndexError):
-            raise gr.Error(f"point {item!r} is not [x, y, label] -> give numbers, label 1 (subject) or 0") from None
-        if label not in (0, 1):
-            raise gr.Error(f"point label {label} must be 1 (subject) or 0 (not subject)")
-        out.append([x, y, label])
-    return out
+    """Points as JSON ``[[x, y, label], ...]`` / ``[{"x":..,"y":..,"label":..}]`` or ``"x,y,l;x,y,l"``
+    (``mattepod.request.parse_points``, the one parser of every face)."""
+    try:
+        return [[p["x"], p["y"], p["label"]] for p in rq.parse_points(text)]
+    except MattePodError as err:
+        raise gr.Error(str(err)) from None
 
 
 def parse_box(text: str | None) -> list[float] | None:
-    if not text:
-        return None
     try:
-        vals = [float(v) for v in str(text).replace(";", ",").strip("[]() ").split(",")]
-    except ValueError:
-        vals = []
-    if len(vals) != 4:
-        raise gr.Error(f"box {text!r} is not x0,y0,x1,y1")
-    return vals
+        return rq.parse_box(text)
+    except MattePodError as err:
+        raise gr.Error(str(err)) from None
 
 
-def _flatten(options: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in options.items():
-        full = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, full + "."))
-        else:
-            out[full] = value
-    return out
-
-
-def build_config(state: AppState, input_path: Path, overrides: dict[str, Any]) -> configmod.Config:
-    """The base config + the user's choices, validated; paths are never taken from the caller."""
-    overrides = _flatten(overrides)  # {"prompt": {"mask": ...}} is checked as "prompt.mask"
-    for key in overrides:
-        if key in FORBIDDEN_KEYS or any(key.startswith(k + ".") for k in FORBIDDEN_KEYS):
-            raise gr.Error(f"option {key} cannot be set through the app (the server chooses paths)")
-    data = state.base.model_dump(mode="json")
-    for key, value in overrides.items():
-        configmod.set_dotted(data, key, value)
-    data["input"] = str(input_path)
-    data["output_dir"] = str(state.roots.output)
-    data["weights_dir"] = str(state.roots.weights)
+def resolve_input(state: AppState, input_path: str) -> Path:
+    """A file the caller names: relative = in the input folder; it must lie in the input or output folder."""
     try:
-        return configmod.validate(data, "job options")
+        return jobs.inside(input_path, [state.roots.input, state.roots.output], "input_path", base=state.roots.input)
+    except MattePodError as err:
+        raise gr.Error(str(err)) from None
+
+
+def build_config(state: AppState, input_path: Path, overrides: dict[str, Any],
+                 prompt: dict[str, Any] | None = None) -> configmod.Config:
+    """The base config + the user's choices through the one front door (``mattepod.request``): the server
+    fixes the input, the folders and auto-resume; every path key is confined to the app's folders."""
+    fixed = {"input": str(input_path), "output_dir": str(state.roots.output),
+             "weights_dir": str(state.roots.weights), "recovery.auto_resume": False}
+    try:
+        req = rq.parse({"overrides": overrides, "prompt": prompt}, "job options")
+        return rq.to_config(req, base=state.base, roots=state.roots.confinement(), fixed=fixed, source="job options")
     except MattePodError as err:
         raise gr.Error(str(err)) from None
 
@@ -334,19 +303,19 @@ def start_job(state: AppState, input_path: str, points: list, box: list | None, 
     """Validate everything, create the run folder (config + prompt mask), queue it."""
     if not input_path:
         raise gr.Error("choose a video first (upload one or pick a file from the volume)")
-    try:
-        src = jobs.inside(input_path, [state.roots.input, state.roots.output])
-    except MattePodError as err:
-        raise gr.Error(str(err)) from None
+    src = resolve_input(state, input_path)
     if not src.is_file():
         raise gr.Error(f"{src.name} does not exist any more -> upload it again")
-    if mask is None and not points and box is None:
+    subjects = rq.flatten(overrides).get("prompt.subjects")  # issue 16: a subjects list replaces the single prompt
+    if mask is None and not points and box is None and not subjects:
         raise gr.Error("no prompt: click on the subject, paint it with the brush, or upload a mask")
-    prompt: dict[str, Any] = {"prompt.frame": int(prompt_frame or 0)}
-    if mask is None:
-        prompt["prompt.points"] = [{"x": x, "y": y, "label": int(lab)} for x, y, lab in points]
-        prompt["prompt.box"] = box
-    cfg = build_config(state, src, {**overrides, **prompt})
+    prompt: dict[str, Any] = {"frame": int(prompt_frame or 0)}
+    if subjects and (mask is not None or points or box is not None):
+        raise gr.Error("give either prompt.subjects (in options) or one prompt (points/box/mask), not both")
+    if mask is None and not subjects:
+        prompt["points"] = [{"x": x, "y": y, "label": int(lab)} for x, y, lab in points]
+        prompt["box"] = box
+    cfg = build_config(state, src, overrides, prompt)
     try:
         run = jobs.create_run(cfg, state.roots.output, mask=mask)
         job_id = state.manager.submit(run)
@@ -669,9 +638,11 @@ def build_app(state: AppState) -> gr.Blocks:
         def api_submit(video, input_path, points, box, prompt_frame, mask, options):
             """Queue a job. video: an uploaded file (handle_file) or empty; input_path: a file already in the
             input/output volume; points: "[[x,y,label],...]" in pixels of the prompt frame; box: "x0,y0,x1,y1";
-            mask: a mask PNG (white = subject); options: JSON of config keys, e.g. {"engine.name": "mask"}."""
+            mask: a mask PNG (white = subject); options: JSON of config keys, e.g. {"engine.name": "mask"}.
+            Several subjects: leave points/box/mask empty and give options {"prompt.subjects": [{"name": "a",
+            "points": [{"x": 10, "y": 20}]}, {"name": "b", "box": [...]}, ...]} (clicks, boxes or auto_person)."""
             try:
-                src = adopt_upload(video, roots) if video else jobs.inside(input_path, [roots.input, roots.output])
+                src = adopt_upload(video, roots) if video else resolve_input(state, input_path)
             except MattePodError as err:
                 raise gr.Error(str(err)) from None
             try:

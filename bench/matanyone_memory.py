@@ -7,6 +7,10 @@ where the readout is largest. Reports the peak, the memory tokens N, the size th
 runs the same core with one readout block covering all queries, to show what chunking saves.
 
 Prints one JSON line.    python bench/matanyone_memory.py [--sizes 480p,1080p,4k,vr_eye_2048] [--steps 5]
+
+``--fit RESULTS.json`` (no run): the memory model of ``mattepod/adaptive.py`` fitted to a results line,
+peak = fixed + bytes_per_px * padded matting pixels (least squares over the chunked sizes), for the CPU
+section and the GPU section when present, and the model's prediction next to each measurement.
 """
 
 from __future__ import annotations
@@ -84,6 +88,30 @@ def child(size: str, device: str, steps: int, weights: str | None) -> dict:
     return out
 
 
+def fit(path: str) -> dict:
+    """Least-squares line through (padded matting pixels, peak above the model) per device section."""
+    import numpy as np
+
+    from mattepod.adaptive import padded, predict_bytes
+
+    data = json.loads(Path(path).read_text().strip().splitlines()[-1])
+    out: dict = {"bench": "matanyone_memory_fit", "source": path}
+    for section, field, dtype in (("cpu", "cpu_peak_rss_above_model_mib", None),
+                                  ("gpu", "gpu_peak_allocated_above_model_mib", torch.float16)):
+        pts = [(padded(*e["internal"]), e[field] * 2**20, name) for name, e in (data.get(section) or {}).items()
+               if field in e and not name.endswith("unchunked")]
+        if len(pts) < 2:
+            continue
+        x = np.array([p[0] for p in pts], float)
+        y = np.array([p[1] for p in pts], float)
+        slope, icpt = np.polyfit(x, y, 1)
+        out[section] = {"fixed_mib": round(icpt / 2**20, 1), "bytes_per_px": round(slope, 1),
+                        "points": {n: {"measured_mib": round(b / 2**20, 1),
+                                       "model_mib": round(predict_bytes(tuple(data[section][n]["internal"]), dtype, 5)
+                                                          / 2**20, 1)} for _px, b, n in pts}}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="480p,1080p,1080p_unchunked,4k,vr_eye_2048")
@@ -92,8 +120,12 @@ def main() -> None:
     ap.add_argument("--weights")
     ap.add_argument("--timeout", type=int, default=1800)
     ap.add_argument("--child")
+    ap.add_argument("--fit", help="fit the memory model to this results file instead of running")
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
+    if a.fit:
+        print(json.dumps(fit(a.fit)))
+        return
     if a.child:
         print(json.dumps(child(a.child, a.device, a.steps, a.weights)))
         return

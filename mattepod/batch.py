@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from mattepod import config as cfgmod
-from mattepod.errors import ConfigError, InputNotFoundError, MattePodError
-
-VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
-              ".wmv", ".flv", ".mxf", ".y4m"}
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".bmp", ".webp"}
-LIST_EXTS = {".txt", ".list", ".lst"}
-RUN_STATE_EXIT = 9  # mattepod.errors.RunStateError: the folder cannot be resumed
+from mattepod import settings
+from mattepod import request as rq
+from mattepod.cli import local_roots
+from mattepod.errors import ConfigError, InputNotFoundError, MattePodError, RunStateError
+from mattepod.jobs import next_action
+from mattepod.media.exts import IMAGE_EXTS, LIST_EXTS, VIDEO_EXTS
+from mattepod.paths import confine_run_dir, inside, slug
 
 
 @dataclass
@@ -154,7 +154,7 @@ def run_dirs(videos: list[Path], output_dir: Path) -> list[Path]:
         stems[v.stem] = stems.get(v.stem, 0) + 1
     dirs = []
     for v in videos:
-        name = v.stem or v.name
+        name = slug(v.stem or v.name)
         if stems[v.stem] > 1:
             name += "-" + hashlib.sha1(str(v.absolute()).encode()).hexdigest()[:8]
         dirs.append(output_dir / name)
@@ -183,18 +183,9 @@ def read_metadata(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _fps_from(meta: dict[str, Any]) -> float | None:
-    """Frames per second of the matting, from whatever the metadata records."""
-    timings = meta.get("timings") or {}
-    if isinstance(timings, dict):
-        for key in ("fps", "matting_fps"):
-            if isinstance(timings.get(key), (int, float)):
-                return float(timings[key])
-        done = (meta.get("frames") or {}).get("done")
-        for key in ("matting", "matting_s", "total", "total_s", "wall_s"):
-            secs = timings.get(key)
-            if isinstance(secs, (int, float)) and secs > 0 and isinstance(done, int):
-                return done / secs
-    return None
+    """Frames per second of the whole run: ``timings.fps`` (frames / wall seconds, written by the pipeline)."""
+    fps = (meta.get("timings") or {}).get("fps") if isinstance(meta.get("timings"), dict) else None
+    return float(fps) if isinstance(fps, (int, float)) else None
 
 
 def result_from_metadata(res: VideoResult, meta: dict[str, Any] | None) -> VideoResult:
@@ -218,7 +209,7 @@ def result_from_metadata(res: VideoResult, meta: dict[str, Any] | None) -> Video
 
 def cli_prefix() -> list[str]:
     """The ``mattepod run`` command; ``MATTEPOD_RUN_CMD`` replaces it (tests, custom installs)."""
-    custom = os.environ.get("MATTEPOD_RUN_CMD")
+    custom = settings.get().run_cmd
     return shlex.split(custom) if custom else [sys.executable, "-m", "mattepod", "run"]
 
 
@@ -322,7 +313,8 @@ def process(args: argparse.Namespace, job: VideoJob, index: int, count: int) -> 
         print(f"{label}: failed: {job.problem}", file=sys.stderr)
         return res
     meta = read_metadata(job.run_dir)
-    if meta and meta.get("status") == "completed":
+    action = next_action(job.run_dir)  # the one resume policy: skip completed, resume the rest
+    if action == "skip":
         res.action, res.status = "skip", "skipped"
         print(f"{label}: already completed in {job.run_dir}, skipped", file=sys.stderr)
         return result_from_metadata(res, meta)
@@ -331,12 +323,12 @@ def process(args: argparse.Namespace, job: VideoJob, index: int, count: int) -> 
         print(f"{label}: failed before, skipped (--skip-failed)", file=sys.stderr)
         return result_from_metadata(res, meta)
 
-    resume = meta is not None
+    resume = action == "resume"
     res.action = "resume" if resume else "new"
     print(f"{label}: {'resuming' if resume else 'starting'} -> {job.run_dir}", file=sys.stderr)
     t0 = time.monotonic()
     code, progress, last_err = run_one(args, job, resume, label)
-    if resume and code == RUN_STATE_EXIT:
+    if resume and code == RunStateError.exit_code:
         # The folder cannot be resumed (e.g. it failed before any checkpoint): keep it aside, start over.
         aside = job.run_dir.with_name(f"{job.run_dir.name}.unresumable-{time.strftime('%Y%m%d-%H%M%S')}")
         job.run_dir.rename(aside)
@@ -424,11 +416,21 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _check_config(args: argparse.Namespace) -> cfgmod.Config:
-    """Validate the config once, up front: a typo must fail the batch, not every video in it."""
-    overrides = dict(cfgmod.parse_set(s) for s in args.set or [])
-    if args.outputs:
-        overrides["outputs.formats"] = [f.strip() for f in args.outputs.split(",") if f.strip()]
-    return cfgmod.load(args.config, overrides)
+    """Validate the config once, up front, through the same front door as the CLI (and, with
+    MATTEPOD_ALLOWED_ROOTS, the same confinement): a typo must fail the batch, not every video in it.
+    The per-video keys (input, mask) are checked per video in ``plan``."""
+    prompt: dict[str, Any] = {}
+    if args.points:
+        prompt["points"] = rq.parse_points(args.points, "--points")
+    if args.box:
+        prompt["box"] = rq.parse_box(args.box, "--box")
+    if args.prompt_frame is not None:
+        prompt["frame"] = args.prompt_frame
+    req = {"overrides": dict(cfgmod.parse_set(s) for s in args.set or []), "prompt": prompt or None,
+           "outputs": [f.strip() for f in args.outputs.split(",") if f.strip()] if args.outputs else None,
+           "output_dir": args.output_dir, "weights_dir": args.weights_dir, "start_frame": args.start_frame,
+           "max_frames": args.max_frames, "scale": args.scale}
+    return rq.to_config(req, base=args.config, roots=local_roots(), source=str(args.config or "batch options"))
 
 
 def _has_prompt(args: argparse.Namespace, cfg: cfgmod.Config) -> bool:
@@ -448,8 +450,15 @@ def plan(args: argparse.Namespace, output_dir: Path, cfg: cfgmod.Config) -> list
     top_mask = Path(args.mask) if args.mask else None
     if top_mask is not None and not top_mask.exists():
         raise InputNotFoundError(f"mask {top_mask} not found", "give a mask PNG or a folder of <stem>.png masks")
+    roots = local_roots()
     jobs = []
     for (video, mask), run_dir in zip(entries, run_dirs([v for v, _ in entries], output_dir)):
+        if roots is not None:  # the same rule as every face: a refusal stops the batch before anything runs
+            inside(video, roots.read, "input")
+            for m in (mask, top_mask):
+                if m is not None:
+                    inside(m, roots.read, "mask")
+            confine_run_dir(run_dir, roots)
         job = VideoJob(video=video, run_dir=run_dir)
         if not video.exists():
             job.problem = f"input {video} not found -> fix the path in the list file"
@@ -473,19 +482,15 @@ def _interrupt(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        cfg = _check_config(args)
-        # Same rule as the CLI: --output-dir, else the config's output_dir, else $OUTPUT_DIR (the container's
-        # volume) when the config keeps the default.
-        env_dir = os.environ.get("OUTPUT_DIR") if cfg.output_dir == "output" else None
-        output_dir = Path(args.output_dir or env_dir or cfg.output_dir)
+        cfg = _check_config(args)  # --output-dir, else the config's, else $OUTPUT_DIR (mattepod.request)
+        output_dir = Path(cfg.output_dir)
         jobs = plan(args, output_dir, cfg)
     except MattePodError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     if args.dry_run:
         for job in jobs:
-            meta = read_metadata(job.run_dir)
-            action = ("skip" if meta and meta.get("status") == "completed" else "resume" if meta else "new")
+            action = next_action(job.run_dir)
             print(f"{job.video}\t{job.run_dir}\t{job.problem or action}")
         return 0
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from mattepod.runfolder import write_atomic
 
 MANIFEST = "manifest.json"
@@ -105,6 +103,8 @@ class Manifest:
 
 def serialise_state(state: dict[str, Any]) -> bytes:
     """Snapshot now (the engine keeps mutating its tensors): bytes are safe to hand to another thread."""
+    import torch  # only where a network runs: a dry run or a config error never loads torch
+
     buf = io.BytesIO()
     torch.save(state, buf)
     return buf.getvalue()
@@ -133,6 +133,8 @@ def load_state(run_dir: Path, manifest: Manifest) -> dict[str, Any] | None:
         return None
     path = run_dir / manifest.state_file
     try:
+        import torch  # only where a network runs: a dry run or a config error never loads torch
+
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - missing, truncated or foreign: replaying is always correct
         log.warning("engine state %s cannot be read (%s); replaying the engine up to frame %d",

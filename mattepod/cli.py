@@ -17,36 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from mattepod import config as config_mod
+from mattepod import request as rq
+from mattepod import settings
 from mattepod.errors import ConfigError, MattePodError
+from mattepod.paths import Roots, confine_run_dir
 from mattepod.subjects import SUBJECT_ARG_HELP, parse_subject_args, person_subjects
 
 log = logging.getLogger("mattepod")
-
-
-def _points(text: str) -> list[dict[str, Any]]:
-    """"x,y,label;x,y,label" (label 1 positive, 0 negative; omitted = 1)."""
-    out = []
-    for part in filter(None, (p.strip() for p in text.split(";"))):
-        vals = part.split(",")
-        if len(vals) not in (2, 3):
-            raise ConfigError(f"--points item {part!r} is not x,y or x,y,label", 'write --points "640,360,1;100,80,0"')
-        try:
-            x, y = float(vals[0]), float(vals[1])
-            label = int(vals[2]) if len(vals) == 3 else 1
-        except ValueError:
-            raise ConfigError(f"--points item {part!r} has a value that is not a number", "use numbers") from None
-        out.append({"x": x, "y": y, "label": label})
-    return out
-
-
-def _box(text: str) -> list[float]:
-    try:
-        vals = [float(v) for v in text.split(",")]
-    except ValueError:
-        vals = []
-    if len(vals) != 4:
-        raise ConfigError(f"--box {text!r} is not x0,y0,x1,y1", "write --box 100,50,400,700")
-    return vals
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,22 +72,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+def request_from_args(args: argparse.Namespace) -> rq.RunRequest:
+    """argv -> the one request model (flags are request fields; --engine/--device/... and --set are overrides)."""
     o: dict[str, Any] = {}
-    simple = {"input": "input", "mask": "prompt.mask", "output_dir": "output_dir", "weights_dir": "weights_dir",
-              "engine": "engine.name", "device": "engine.device", "precision": "engine.precision",
-              "start_frame": "start_frame", "max_frames": "max_frames", "scale": "scale", "mode": "stereo.mode",
-              "prompt_frame": "prompt.frame", "gt": "quality.gt"}
-    for attr, key in simple.items():
-        val = getattr(args, attr)
-        if val is not None:
-            o[key] = val
+    for attr, key in {"engine": "engine.name", "device": "engine.device", "precision": "engine.precision",
+                      "mode": "stereo.mode"}.items():
+        if getattr(args, attr) is not None:
+            o[key] = getattr(args, attr)
+    for item in args.set:
+        key, value = config_mod.parse_set(item)
+        o[key] = value
+    fields: dict[str, Any] = {}
+    if args.mask is not None:
+        fields["mask"] = args.mask
     if args.points:
-        o["prompt.points"] = _points(args.points)
+        fields["points"] = rq.parse_points(args.points, "--points")
     if args.box:
-        o["prompt.box"] = _box(args.box)
+        fields["box"] = rq.parse_box(args.box, "--box")
     if args.normalized:
-        o["prompt.normalized"] = True
+        fields["normalized"] = True
+    if args.prompt_frame is not None:
+        fields["frame"] = args.prompt_frame
     if args.person_count is not None and not args.auto_person:
         raise ConfigError("--person-count needs --auto-person", "add --auto-person")
     if args.person_count is not None and args.person_count < 1:
@@ -119,16 +101,32 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         if args.mask or args.points or args.box:
             raise ConfigError("--subject/--person-count replace --mask/--points/--box",
                               'give each subject its prompt: --subject "NAME:mask=FILE"')
-        o["prompt.subjects"] = parse_subject_args(args.subject) + (person_subjects(args.person_count)
-                                                                     if args.person_count else [])
+        fields["subjects"] = parse_subject_args(args.subject) + (person_subjects(args.person_count)
+                                                                if args.person_count else [])
     elif args.auto_person:
-        o["prompt.auto_person"] = True
-    if args.outputs:
-        o["outputs.formats"] = [f.strip() for f in args.outputs.split(",") if f.strip()]
-    for item in args.set:
-        key, value = config_mod.parse_set(item)
-        o[key] = value
-    return o
+        fields["auto_person"] = True
+    if getattr(args, "gt", None) is not None:
+        o["quality.gt"] = args.gt
+    outputs = [f.strip() for f in args.outputs.split(",") if f.strip()] if args.outputs else None
+    return rq.parse({"input": args.input, "prompt": fields or None, "outputs": outputs,
+                     "start_frame": args.start_frame, "max_frames": args.max_frames, "scale": args.scale,
+                     "output_dir": args.output_dir, "weights_dir": args.weights_dir, "overrides": o}, "command line")
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The dotted config keys the command line sets (what ``request_from_args`` asks for)."""
+    return request_from_args(args).keys()
+
+
+def local_roots() -> Roots | None:
+    """CLI and batch confine paths only when MATTEPOD_ALLOWED_ROOTS names the allowed folders (a container);
+    then run folders go there or into OUTPUT_DIR, weights come from there or MODEL_CACHE_DIR."""
+    allowed = settings.allowed_roots()
+    if allowed is None:
+        return None
+    env = settings.get()
+    write = [*allowed, *([env.output_dir] if env.output_dir else [])]
+    return Roots.of(read=allowed, write=write, weights=[*allowed, settings.weights_dir()])
 
 
 def _default_config_path() -> Path | None:
@@ -168,28 +166,36 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mattepod import pipeline
-
     if args.resume:
         extra = [a for a in ("config", "input", "mask", "points", "box") if getattr(args, a)]
         if extra:
             raise ConfigError(f"--resume takes the run's own config; drop {', '.join('--' + e for e in extra)}",
                               "resume with: run --resume RUN_DIR")
+        roots = local_roots()
+        resume = str(confine_run_dir(args.resume, roots, "--resume")) if roots else args.resume
+        from mattepod import pipeline  # torch and the models: only once a run really starts
+
         res = pipeline.run(config_mod.Config(), pipeline.RunOptions(
-            resume=args.resume, progress_json=args.progress_json, progress_bar=not args.quiet))
+            resume=resume, progress_json=args.progress_json, progress_bar=not args.quiet))
         _report(res, args)
         return 0
-    import os
-
-    overrides = overrides_from_args(args)
-    cfg_path = args.config or _default_config_path()
-    cfg = config_mod.load(cfg_path, overrides)
-    if cfg.output_dir == "output" and "output_dir" not in overrides and os.environ.get("OUTPUT_DIR"):
-        cfg.output_dir = os.environ["OUTPUT_DIR"]  # the container's volume, unless the config names one
+    roots = local_roots()
+    cfg = rq.to_config(request_from_args(args), base=args.config or _default_config_path(), roots=roots,
+                       source=str(args.config or "config"))
+    run_dir = args.run_dir
+    if run_dir is not None:
+        safe = Path(run_dir)
+        if roots is not None:
+            safe = confine_run_dir(run_dir, roots, "--run-dir")
+        run_dir = str(safe)
     if args.dry_run:
-        print(json.dumps({"plan": pipeline.plan(cfg), "config": cfg.model_dump(mode="json")}, indent=2))
+        from mattepod.plan import plan  # ffprobe only: a dry run never imports torch
+
+        print(json.dumps({"plan": plan(cfg), "config": cfg.model_dump(mode="json")}, indent=2))
         return 0
-    res = pipeline.run(cfg, pipeline.RunOptions(run_dir=args.run_dir, progress_json=args.progress_json,
+    from mattepod import pipeline  # torch and the models: only once a run really starts
+
+    res = pipeline.run(cfg, pipeline.RunOptions(run_dir=run_dir, progress_json=args.progress_json,
                                                 progress_bar=not args.quiet))
     _report(res, args)
     return 0

@@ -6,7 +6,6 @@ commented generate.yaml from them, and tests check that configs/generate.yaml an
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +14,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mattepod.errors import ConfigError
+
+
+# Path-typed fields carry their kind in the schema; paths.confine resolves every one of them against the
+# face's allowed folders (read: files a run reads; write: where run folders go; weights: the model folder).
+READ: dict[str, Any] = {"path": "read"}
+WRITE: dict[str, Any] = {"path": "write"}
+WEIGHTS: dict[str, Any] = {"path": "weights"}
 
 
 class _Strict(BaseModel):
@@ -29,7 +35,7 @@ class Point(_Strict):
 
 class Keyframe(_Strict):
     frame: int = Field(ge=0, description="frame index (relative to start_frame) where the matte re-anchors")
-    mask: str | None = Field(None, description="mask PNG for this keyframe")
+    mask: str | None = Field(None, description="mask PNG for this keyframe", json_schema_extra=READ)
     points: list[Point] = Field(default_factory=list, description="SAM 2 clicks for this keyframe")
     box: tuple[float, float, float, float] | None = Field(None, description="SAM 2 box [x0, y0, x1, y1]")
     auto_person: bool = Field(False, description="find the people on this keyframe automatically")
@@ -46,7 +52,7 @@ class SubjectConfig(_Strict):
 
     name: str = Field(description="file-name safe name: letters, digits, _ or - (outputs <stem>_<name>_alpha.mp4)")
     frame: int | None = Field(None, ge=0, description="frame of this subject's prompt (default prompt.frame)")
-    mask: str | None = Field(None, description="mask PNG of this subject on its prompt frame")
+    mask: str | None = Field(None, description="mask PNG of this subject on its prompt frame", json_schema_extra=READ)
     points: list[Point] = Field(default_factory=list, description="SAM 2 clicks on this subject")
     box: tuple[float, float, float, float] | None = Field(None, description="SAM 2 box [x0, y0, x1, y1]")
     auto_person: bool = Field(False, description="this subject is a detected person (see person_rank)")
@@ -81,13 +87,16 @@ class SubjectConfig(_Strict):
 class PromptConfig(_Strict):
     frame: int = Field(0, ge=0, description="frame (relative to start_frame) the prompt is given on; "
                        "matting runs forward to the end and backward to the first frame")
-    mask: str | None = Field(None, description="mask PNG (any channel count; 0/1, 0/255 or soft) of the subject")
+    mask: str | None = Field(None, description="mask PNG (any channel count; 0/1, 0/255 or soft) of the subject",
+                             json_schema_extra=READ)
     points: list[Point] = Field(default_factory=list,
                                 description="SAM 2 clicks, e.g. [{x: 640, y: 360, label: 1}]")
     box: tuple[float, float, float, float] | None = Field(None, description="SAM 2 box [x0, y0, x1, y1]")
     normalized: bool = Field(False, description="points and box are given in 0..1 of the frame size")
-    mask_add: list[str] = Field(default_factory=list, description="mask PNGs added (union) to the prompt mask")
-    mask_subtract: list[str] = Field(default_factory=list, description="mask PNGs removed from the prompt mask")
+    mask_add: list[str] = Field(default_factory=list, description="mask PNGs added (union) to the prompt mask",
+                                json_schema_extra=READ)
+    mask_subtract: list[str] = Field(default_factory=list, description="mask PNGs removed from the prompt mask",
+                                     json_schema_extra=READ)
     mask_dilate: int = Field(0, ge=0, description="grow the prompt mask by this many pixels")
     mask_erode: int = Field(0, ge=0, description="shrink the prompt mask by this many pixels")
     auto_person: bool = Field(False, description="find people on the prompt frame automatically (batch runs)")
@@ -144,7 +153,7 @@ class EngineConfig(_Strict):
     tf32: bool = Field(True, description="allow TF32 matmuls on GPU (faster, slightly less exact)")
 
 
-OutputFormat = Literal["alpha", "green", "composite", "prores", "webm", "png", "alpha16", "packed"]
+OutputFormat = Literal["alpha", "green", "composite", "prores", "webm", "png", "alpha16", "packed", "idmap"]
 
 
 class OutputsConfig(_Strict):
@@ -152,10 +161,12 @@ class OutputsConfig(_Strict):
         default_factory=lambda: ["alpha", "green"],
         description="any of: alpha (matte video), green (foreground over a colour), composite (over "
                     "background), prores (RGBA .mov), webm (RGBA VP9), png (RGBA sequence), alpha16 "
-                    "(16-bit alpha PNGs), packed (VR180 fisheye alpha-packed passthrough)")
+                    "(16-bit alpha PNGs), packed (VR180 fisheye alpha-packed passthrough), idmap (with prompt.subjects: "
+                    "8-bit PNGs, pixel = 1 + index of the subject with the largest alpha, 0 = background)")
     alpha_codec: Literal["hevc10", "ffv1"] = Field("hevc10", description="alpha video codec: 10-bit HEVC or lossless FFV1")
     color: str = Field("#00B140", description="background colour of the green output, #RRGGBB")
-    background: str | None = Field(None, description="image or video behind the subject for composite")
+    background: str | None = Field(None, description="image or video behind the subject for composite",
+                                   json_schema_extra=READ)
     encoder: Literal["auto", "nvenc", "cpu"] = Field(
         "auto", description="auto = NVENC when ffmpeg and the GPU have it, else libx264/libx265")
     crf: int = Field(18, ge=0, le=51, description="quality of the lossy video outputs (lower = better)")
@@ -198,19 +209,37 @@ class RecoveryConfig(_Strict):
 class RuntimeConfig(_Strict):
     queue_size: int = Field(8, ge=1, le=256, description="frames buffered between decode, model and encode")
     threads: int = Field(0, ge=0, description="CPU threads for torch (0 = torch's default)")
+    adaptive_scale: bool = Field(True, description="choose the matting size from the free device memory and "
+                                 "step it down on out-of-memory instead of failing (MatAnyone)")
+    min_scale: float = Field(0.25, gt=0, le=1, description="smallest matting size adaptive scaling may use, "
+                             "fraction of the size engine.max_size gives")
+    max_scale: float = Field(1.0, gt=0, le=1, description="largest matting size adaptive scaling may use, "
+                             "fraction of the size engine.max_size gives")
+    target_memory: float = Field(0.85, gt=0, le=1, description="fraction of the device memory free at start "
+                                 "the predicted matting peak may use")
+
+    @model_validator(mode="after")
+    def _scale_range(self) -> "RuntimeConfig":
+        if self.min_scale > self.max_scale:
+            raise ValueError(f"runtime.min_scale {self.min_scale} is above runtime.max_scale {self.max_scale}")
+        return self
 
 
 class QualityConfig(_Strict):
     gt: str | None = Field(None, description="ground-truth matte of the input (PNG folder or video; one frame per "
-                           "input or per processed frame): the run ends by measuring its matte (quality.json)")
+                           "input or per processed frame): the run ends by measuring its matte (quality.json)",
+                           json_schema_extra=READ)
     depth: Literal["field", "native"] = Field("field", description="how mattes are read for the metrics: field "
                                               "(8-bit grey, as published evaluations) or native (full precision)")
 
 
 class Config(_Strict):
-    input: str | None = Field(None, description="video file or folder of images (also --input)")
-    output_dir: str = Field("output", description="where run folders are created (env OUTPUT_DIR overrides the default)")
-    weights_dir: str | None = Field(None, description="model weights folder (default: env MODEL_CACHE_DIR, else ./weights)")
+    input: str | None = Field(None, description="video file or folder of images (also --input)",
+                              json_schema_extra=READ)
+    output_dir: str = Field("output", description="where run folders are created (env OUTPUT_DIR overrides the default)",
+                            json_schema_extra=WRITE)
+    weights_dir: str | None = Field(None, description="model weights folder (default: env MODEL_CACHE_DIR, else ./weights)",
+                                    json_schema_extra=WEIGHTS)
     start_frame: int = Field(0, ge=0, description="first frame of the input to process")
     max_frames: int | None = Field(None, ge=1, description="process at most this many frames (null = all)")
     scale: float = Field(1.0, gt=0, le=1, description="matting resolution relative to the input; alpha is upsampled back")
@@ -226,12 +255,16 @@ class Config(_Strict):
     def _packed_needs_vr(self) -> "Config":
         if "packed" in self.outputs.formats and self.stereo.mode != "vr180":
             raise ValueError("outputs.formats 'packed' needs stereo.mode: vr180")
+        if "idmap" in self.outputs.formats and not self.prompt.subjects:
+            raise ValueError("outputs.formats 'idmap' needs prompt.subjects (several subjects)")
         if "composite" in self.outputs.formats and not self.outputs.background:
             raise ValueError("outputs.formats 'composite' needs outputs.background (an image or video path)")
         return self
 
     def resolved_weights_dir(self) -> Path:
-        return Path(self.weights_dir or os.environ.get("MODEL_CACHE_DIR") or "weights")
+        from mattepod import settings
+
+        return Path(self.weights_dir) if self.weights_dir else settings.weights_dir()
 
 
 def _format_error(err: ValidationError, source: str) -> str:
@@ -249,26 +282,91 @@ def _format_error(err: ValidationError, source: str) -> str:
 
 def validate(data: dict[str, Any], source: str = "config") -> Config:
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_error(err, source), "fix the key (see CONFIG.md or --generate-config)") from None
+    for key, _kind, value, _put in iter_paths(cfg.model_dump(mode="json")):
+        if "\x00" in value or not value.strip():
+            raise ConfigError(f"{source}: {key}: {'holds a NUL character' if value.strip() else 'is empty'}",
+                              "give a plain file path")
+    return cfg
+
+
+def _inner_model(ann: Any) -> type[BaseModel] | None:
+    """The model class inside ``Model``, ``list[Model]`` or ``Model | None`` (else None)."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def path_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, kind) of every path-typed field in the schema; list items show as ``key[]``."""
+    out = []
+    for name, f in model.model_fields.items():
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        if "path" in extra:
+            out.append((prefix + name, str(extra["path"])))
+        inner = _inner_model(f.annotation)
+        if inner is not None:
+            many = "list" in str(f.annotation)
+            out.extend(path_keys(inner, f"{prefix}{name}{'[]' if many else ''}."))
+    return out
+
+
+def iter_paths(data: dict[str, Any], model: type[BaseModel] = Config, prefix: str = ""):
+    """(dotted key, kind, value, setter) for every path value present in a config dict (as dumped).
+
+    The setter replaces that one value in ``data``; ``paths.confine`` uses it to write resolved paths back.
+    """
+    for name, f in model.model_fields.items():
+        if name not in data or data[name] is None:
+            continue
+        value = data[name]
+        key = prefix + name
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        if "path" in extra:
+            kind = str(extra["path"])
+            if isinstance(value, list):
+                for i, item in enumerate(value):
+                    yield f"{key}[{i}]", kind, str(item), (lambda v, lst=value, i=i: lst.__setitem__(i, v))
+            else:
+                yield key, kind, str(value), (lambda v, d=data, n=name: d.__setitem__(n, v))
+            continue
+        inner = _inner_model(f.annotation)
+        if inner is None:
+            continue
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    yield from iter_paths(item, inner, f"{key}[{i}].")
+        elif isinstance(value, dict):
+            yield from iter_paths(value, inner, key + ".")
+
+
+def read_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file (not validated yet: overrides come first)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found", "give a path to a YAML file, or write one with --generate-config")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p} is not UTF-8 text", "save the config as UTF-8 YAML") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p} is not valid YAML: {exc}".replace("\n", " "), "fix the syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p} must hold a mapping of keys", "see configs/generate.yaml")
+    return data
 
 
 def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:
-    """Read a YAML file (None = all defaults), apply dotted-key overrides, validate."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found", "give a path to a YAML file, or write one with --generate-config")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except UnicodeDecodeError:
-            raise ConfigError(f"{p} is not UTF-8 text", "save the config as UTF-8 YAML") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p} is not valid YAML: {exc}".replace("\n", " "), "fix the syntax") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p} must hold a mapping of keys", "see configs/generate.yaml")
+    """Read a YAML file (None = all defaults), apply dotted-key overrides, validate (no face rules: a run
+    folder's own config.yaml, a base config; faces go through ``mattepod.request.to_config``)."""
+    data: dict[str, Any] = read_file(path) if path is not None else {}
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
     return validate(data, str(path or "config"))

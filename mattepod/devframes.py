@@ -151,11 +151,19 @@ def cache_for(device: torch.device | str) -> DeviceCache:
 
 
 def download(t: torch.Tensor) -> np.ndarray:
-    """One device-to-host copy (nothing on the CPU); the array the writers take."""
+    """One device-to-host copy (nothing on the CPU); the array the writers take. int16 tensors are 16-bit
+    samples held as int16 bit patterns (``to_u16``) and come back as the uint16 they are."""
     t = t.contiguous()
-    if t.device.type == "cpu":
-        return t.numpy()
-    return t.to("cpu").numpy()
+    arr = t.numpy() if t.device.type == "cpu" else t.to("cpu").numpy()
+    return arr.view(np.uint16) if arr.dtype == np.int16 else arr
+
+
+def to_u16(t: torch.Tensor, bit_pattern: bool | None = None) -> torch.Tensor:
+    """Integer values 0..65535 -> 16-bit samples. On CUDA they are kept as int16 bit patterns (int16 is
+    fully supported there; torch's uint16 is not everywhere), which ``download`` reads back as uint16."""
+    if bit_pattern if bit_pattern is not None else t.is_cuda:
+        return t.to(torch.int32).to(torch.int16)  # two's-complement wrap: the low 16 bits
+    return t.to(torch.uint16)
 
 
 # ---------------------------------------------------------------------------------------------- engine side
@@ -205,8 +213,7 @@ def over(frame: torch.Tensor, alpha: torch.Tensor, background: torch.Tensor) -> 
 
 
 def alpha16(alpha: torch.Tensor) -> torch.Tensor:
-    a = (alpha.float() * 65535.0).round_()
-    return (a.to(torch.int32) if a.is_cuda else a).to(torch.uint16)
+    return to_u16((alpha.float() * 65535.0).round_())
 
 
 def alpha8(alpha: torch.Tensor) -> torch.Tensor:
@@ -228,7 +235,7 @@ def rgba8(frame: torch.Tensor, alpha: torch.Tensor, bgra: bool = False) -> torch
 
 def rgba16(frame: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     rgb = frame.to(torch.int32) * 257 if frame.dtype == torch.uint8 else frame.to(torch.int32)
-    return torch.cat([rgb.to(torch.uint16), alpha16(alpha)[..., None]], dim=-1)
+    return torch.cat([to_u16(rgb), alpha16(alpha)[..., None]], dim=-1)
 
 
 @dataclass

@@ -72,6 +72,10 @@ class GpuHostError(MattePodError):
     exit_code = 12
 
 
+class DeviceMemoryError(MattePodError):
+    exit_code = 13  # out of GPU (or CPU) memory even at the smallest matting size allowed
+
+
 class CancelledError(MattePodError):
     """SIGTERM/SIGINT: the run stopped at a frame boundary and can be resumed."""
 

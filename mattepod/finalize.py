@@ -120,3 +120,7 @@ def cleanup(run: "Run") -> None:
         if not fmt.is_sequence:
             final = d / run.outs.name(fmt)
             final.with_name(final.stem + ".partial" + final.suffix).unlink(missing_ok=True)
+    # temp files of atomic writes cut short by a kill (write_atomic names them ".<name><random>")
+    for p in d.glob(".*"):
+        if p.is_file() and p.name.startswith((".metadata.json", ".manifest.json", ".progress.json", ".config.yaml")):
+            p.unlink(missing_ok=True)

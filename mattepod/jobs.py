@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -24,12 +24,14 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from mattepod import config as configmod
-from mattepod.errors import InputNotFoundError, MattePodError, RunStateError
+from mattepod import paths, settings
+from mattepod.errors import ConfigError, InputNotFoundError, MattePodError, RunStateError
+from mattepod.runfolder import METADATA, new_run_dir
 
 if TYPE_CHECKING:
     import numpy as np
@@ -37,11 +39,45 @@ if TYPE_CHECKING:
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SCRIPT = REPO_ROOT / "scripts" / "run_inference.py"
 
-QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED, INTERRUPTED = (
-    "queued", "running", "completed", "failed", "cancelled", "interrupted")
+class Status(str, Enum):
+    """Every status a run or job can have (metadata.json, job.json, the UI, the batch summary, the worker)."""
+
+    QUEUED = "queued"  # job layer only: waiting for a slot
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # stopped on purpose; resumable
+    INTERRUPTED = "interrupted"  # the process is gone without a final status (kill -9, pod restart); resumable
+
+
+# plain strings in files and JSON
+QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED, INTERRUPTED = (s.value for s in Status)
 FINAL = {COMPLETED, FAILED, CANCELLED, INTERRUPTED}
 JOB_FILE, STDOUT_FILE, STDERR_FILE = "job.json", "job.stdout.jsonl", "job.stderr.log"
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+
+
+# ---------------------------------------------------------------- resume policy -------------------------------
+
+def resume_command(run: str | os.PathLike) -> list[str]:
+    """The command that continues an unfinished run folder (its own config.yaml and prompt are inside)."""
+    return ["python", "-m", "mattepod", "run", "--resume", str(run)]
+
+
+def resume_hint(run: str | os.PathLike) -> str:
+    return "resume it: " + shlex.join(resume_command(run))
+
+
+def next_action(run: str | os.PathLike) -> str:
+    """The one resume policy of a deterministic run folder (batch, serverless retries): ``skip`` a completed
+    run (finished work is never redone or overwritten), ``resume`` any other run that left metadata, ``new``
+    when the folder holds no run yet."""
+    try:
+        meta = json.loads((Path(run) / METADATA).read_text())
+    except (OSError, ValueError):
+        return "new"
+    if not isinstance(meta, dict):
+        return "new"
+    return "skip" if meta.get("status") == COMPLETED else "resume"
 
 
 # ---------------------------------------------------------------- paths ---------------------------------------
@@ -58,39 +94,30 @@ class Roots:
     def from_env(cls) -> "Roots":
         """INPUT_DIR, OUTPUT_DIR, MODEL_CACHE_DIR; without INPUT_DIR the input folder sits next to the output
         folder (``/workspace/input`` beside ``/workspace/output``: uploads land on the same volume)."""
-        output = Path(os.environ.get("OUTPUT_DIR") or "output").resolve()
-        default_input = output.parent / "input" if os.environ.get("OUTPUT_DIR") else Path("input")
-        return cls(Path(os.environ.get("INPUT_DIR") or default_input).resolve(), output,
-                   Path(os.environ.get("MODEL_CACHE_DIR") or "weights").resolve())
+        env = settings.get()
+        output = Path(env.output_dir or "output").resolve()
+        default_input = output.parent / "input" if env.output_dir else Path("input")
+        return cls(Path(env.input_dir or default_input).resolve(), output,
+                   Path(env.model_cache_dir or "weights").resolve())
 
     def all(self) -> list[Path]:
         return [self.input, self.output, self.weights]
 
+    def confinement(self) -> paths.Roots:
+        """The app's confinement rule: read the input and output folders, write run folders into the output
+        folder, weights only from the weights folder; a relative path names a file in the input folder."""
+        return paths.Roots.of(read=[self.input], write=[self.output], weights=[self.weights], base=self.input)
 
-def inside(path: str | os.PathLike, roots: Iterable[Path]) -> Path:
-    """``path`` resolved (symlinks followed) if it lies inside one of ``roots``; an error otherwise.
 
-    Every path that arrives over the web goes through here: ``..``, absolute paths elsewhere and symlinks that
-    leave the volume are all refused the same way.
-    """
-    if path is None or str(path).strip() == "" or "\x00" in str(path):
-        raise InputNotFoundError("no file path given", "choose a file in the input or output folder")
-    real = Path(path).expanduser().resolve()
-    for root in roots:
-        root = Path(root).resolve()
-        if real == root or root in real.parents:
-            return real
-    names = ", ".join(str(Path(r)) for r in roots)
-    raise InputNotFoundError(f"{path} is outside the allowed folders ({names})",
-                             "put the file into the input folder and choose it from there")
+inside = paths.inside  # every path that arrives over the web goes through the one rule (mattepod.paths)
 
 
 def check_job_id(job_id: str) -> str:
     """A job id is a run folder's bare name; anything else (slashes, '..') is refused."""
-    job_id = (job_id or "").strip()
-    if not _JOB_ID.match(job_id) or ".." in job_id:
-        raise RunStateError(f"{job_id!r} is not a job id", "use an id returned by submit or listed by list_jobs")
-    return job_id
+    try:
+        return paths.safe_name((job_id or "").strip(), "job id")
+    except ConfigError:
+        raise RunStateError(f"{job_id!r} is not a job id", "use an id returned by submit or listed by list_jobs") from None
 
 
 # ---------------------------------------------------------------- run folders ---------------------------------
@@ -103,18 +130,7 @@ def create_run(cfg: configmod.Config, output_dir: str | Path, stem: str | None =
     ``prompt_mask.png`` and becomes ``prompt.mask``, so the job needs no SAM 2 and the run is repeatable.
     """
     output_dir = Path(output_dir).resolve()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem or Path(cfg.input or "run").stem).strip("._") or "run"
-    base = f"{stem}_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    for n in range(1000):
-        run = output_dir / (base if n == 0 else f"{base}-{n + 1}")
-        try:
-            run.mkdir()
-            break
-        except FileExistsError:
-            continue
-    else:  # pragma: no cover - a thousand runs in one second
-        raise RunStateError(f"cannot create a run folder for {base} in {output_dir}", "try again")
+    run = new_run_dir(output_dir, paths.slug(stem or Path(cfg.input or "run").stem))  # the one naming
     data = cfg.model_dump(mode="json")
     data["output_dir"] = str(output_dir)
     if mask is not None:
@@ -280,8 +296,7 @@ def read_job(run: Path, live_status: str | None = None, position: int | None = N
     error = job.get("error") or meta.get("error") or (done or {}).get("error")
     if status == INTERRUPTED and not error:
         error = {"type": "Interrupted", "exit_code": None,
-                 "message": "the job stopped without finishing (app or pod restarted?); "
-                            f"resume it: python -m mattepod run {run}/config.yaml --resume {run}"}
+                 "message": "the job stopped without finishing (app or pod restarted?); " + resume_hint(run)}
     if error is not None and not isinstance(error, dict):
         error = {"type": "Error", "message": str(error), "exit_code": job.get("exit_code")}
 
@@ -331,7 +346,7 @@ class JobManager:
                  kill_grace: float = 10.0, poll: float = 0.25, recover: bool = True):
         self.output_dir = Path(output_dir).resolve()
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.max_running = max_running or int(os.environ.get("MATTEPOD_MAX_JOBS", "1"))
+        self.max_running = max_running or settings.get().max_jobs
         self.command = command or default_command
         self.env = env
         self.kill_grace = kill_grace
@@ -529,7 +544,7 @@ class JobManager:
 
 def default_command(run: Path) -> list[str]:
     """The real job: the CLI script on the run folder's own config (env MATTEPOD_JOB_SCRIPT overrides)."""
-    script = os.environ.get("MATTEPOD_JOB_SCRIPT") or str(DEFAULT_SCRIPT)
+    script = settings.get().job_script or str(DEFAULT_SCRIPT)
     entry = [script] if Path(script).is_file() else ["-m", "mattepod", "run"]
     return [sys.executable, *entry, str(run / "config.yaml"), "--run-dir", str(run), "--progress-json"]
 

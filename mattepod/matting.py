@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ import torch
 
 from mattepod.config import EngineConfig
 from mattepod.engine import Engine, MaskFollowEngine
-from mattepod.errors import ConfigError, InvalidMediaError, MaskError, WeightsError
+from mattepod.errors import ConfigError, DeviceMemoryError, InvalidMediaError, MaskError, WeightsError
+from mattepod import adaptive as adaptive_mod
 from mattepod import devframes
 from mattepod import weights as weights_manifest
 from mattepod.matanyone import prep
@@ -32,6 +34,17 @@ from mattepod.matanyone.network import MatAnyoneNet
 from mattepod.matanyone import pair as core_pair
 
 STATE_VERSION = 1
+log = logging.getLogger("mattepod.matting")
+
+
+def _cells(hw: tuple[int, int]) -> int:
+    """16x16 cells of the padded matting size (the readout's top-k needs at least top_k of them)."""
+    l, r, t, b = pad_amounts(*hw)
+    return (hw[0] + t + b) // 16 * ((hw[1] + l + r) // 16)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -68,10 +81,17 @@ class MatAnyoneEngine:
     name = "matanyone"
     accepts_16bit = True  # uint16 RGB frames (10-bit sources) keep their precision into the network
 
-    def __init__(self, net: MatAnyoneNet, cfg: EngineConfig | None = None, *, readout_block_mb: int = 64):
+    def __init__(self, net: MatAnyoneNet, cfg: EngineConfig | None = None, *, readout_block_mb: int = 64,
+                 adaptive: adaptive_mod.AdaptiveScale | None = None):
         """``readout_block_mb``: memory of one block of the chunked top-k readout (the full affinity
-        matrix is never built; larger blocks = fewer, bigger matmuls)."""
+        matrix is never built; larger blocks = fewer, bigger matmuls). ``adaptive``: the runtime's
+        adaptive-scale policy (None: the configured size; an out-of-memory error is then fatal)."""
         self.cfg = cfg or EngineConfig()
+        self.adaptive = adaptive or adaptive_mod.AdaptiveScale()
+        self.scale: float | None = None  # of the max_size matting size; chosen at the first anchor
+        self.streams = 1  # 2 when stepped as a pair (the memory model doubles the activations)
+        self.frames_out = 0  # outputs since the first anchor (fault injection; kept in the state)
+        self._events: list[adaptive_mod.ScaleChange] = []
         self.device = resolve_device(self.cfg.device)
         self.autocast_dtype = resolve_precision(self.cfg.precision, self.device)
         net = net.to(self.device).eval()
@@ -95,9 +115,16 @@ class MatAnyoneEngine:
 
     # -------------------------------------------------------------- protocol
     def start(self, frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        img = self._frame(frame, starting=True)
-        m = self._mask(mask)
-        alpha = self.core.start(img, m, self.cfg.warmup)
+        while True:
+            try:
+                img = self._frame(frame, starting=True)
+                adaptive_mod.injection().check(self.frames_out)
+                alpha = self.core.start(img, self._mask(mask), self.cfg.warmup)
+                break
+            except adaptive_mod.OOM_ERRORS as exc:
+                error = _first_line(exc)
+            self._step_down(error)  # outside the except block: the traceback's tensors are gone
+        self.frames_out += 1
         return self._alpha(alpha)
 
     def step(self, frame: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -105,13 +132,69 @@ class MatAnyoneEngine:
             return self.start(frame, mask)  # re-anchor: identical to a fresh start on the keyframe
         if self.frame_hw is None:
             raise RuntimeError("step() before start()")
-        return self._alpha(self.core.step(self._frame(frame)))
+        try:
+            adaptive_mod.injection().check(self.frames_out)
+            alpha = self.core.step(self._frame(frame))
+        except adaptive_mod.OOM_ERRORS as exc:
+            error = _first_line(exc)
+        else:
+            self.frames_out += 1
+            return self._alpha(alpha)
+        # Out of memory: a smaller size, re-anchored on this frame with the last alpha as its mask.
+        last = self.reanchor_mask()
+        self._step_down(error)
+        return self.start(frame, last)
+
+    # -------------------------------------------------------------- adaptive scale
+    # the engine hook of the run: events out (kind "scale_change"), a metadata.json section back
+    def drain_events(self) -> list[dict[str, Any]]:
+        """Size changes since the last call (the run stamps the frame and records them)."""
+        out, self._events = [{"kind": "scale_change", **e.to_json()} for e in self._events], []
+        return out
+
+    def report(self, events) -> dict[str, Any]:
+        """metadata.json ``scale_changes``: every change of the matting size (frame, old, new, reason)."""
+        return scale_report(events)
+
+    def reanchor_mask(self) -> np.ndarray:
+        """The last alpha at frame size (from the core's state, so also right after a resume)."""
+        last = self.core.state.last_mask
+        if last is None or self.frame_hw is None:
+            raise RuntimeError("no alpha to re-anchor on before start()")
+        with torch.inference_mode():
+            return devframes.download(devframes.upsample_alpha(self.core._output(last.float()), self.frame_hw))
+
+    def _step_down(self, error: str) -> None:
+        """Free, then the next size down (or a clear error at min_scale / without adaptive scale)."""
+        self.core.reset()
+        adaptive_mod.free_device_memory(self.device)
+        old = self.internal_hw
+        scale = self.scale if self.scale is not None else 1.0
+        new = round(scale * adaptive_mod.STEP, 4)
+        if not self.adaptive.enabled or new < self.adaptive.min_scale:
+            why = ("runtime.adaptive_scale is off" if not self.adaptive.enabled
+                   else f"already at runtime.min_scale ({self.adaptive.min_scale})")
+            raise DeviceMemoryError(f"out of {self.device.type} memory at matting size "
+                                    f"{(old or (0, 0))[1]}x{(old or (0, 0))[0]} ({why}): {error}",
+                                    "set runtime.adaptive_scale: true, lower runtime.min_scale or engine.max_size, "
+                                    "or stereo.batch_eyes: false; then --resume the run")
+        base = prep.max_size_hw(self.frame_hw[0], self.frame_hw[1], self.cfg.max_size)
+        hw = adaptive_mod.scaled_hw(base, new)
+        if _cells(hw) < self.cfg.top_k:
+            raise DeviceMemoryError(f"out of {self.device.type} memory at matting size {old[1]}x{old[0]}, and "
+                                    f"{hw[1]}x{hw[0]} is below what engine.top_k={self.cfg.top_k} needs: {error}",
+                                    "lower engine.top_k or free device memory; then --resume the run")
+        self.scale = new
+        change = adaptive_mod.ScaleChange(list(old) if old else None, list(hw), new, f"out of memory: {error}")
+        log.warning("matting size %s -> %s (scale %.3f): %s", old, hw, new, change.reason)
+        self._events.append(change)
 
     def get_state(self) -> dict[str, Any]:
         if self.frame_hw is None:
             raise RuntimeError("get_state() before start()")
         return {"engine": self.name, "version": STATE_VERSION, "frame_hw": self.frame_hw,
-                "internal_hw": self.internal_hw, "settings": self._settings(), "core": self.core.get_state()}
+                "internal_hw": self.internal_hw, "settings": self._settings(), "core": self.core.get_state(),
+                "scale": self.scale, "frames_out": self.frames_out}
 
     def set_state(self, state: dict[str, Any]) -> None:
         if state.get("engine") != self.name or state.get("version") != STATE_VERSION:
@@ -123,6 +206,8 @@ class MatAnyoneEngine:
             raise ValueError(f"engine settings changed since the state was saved: {diff}")
         self.frame_hw = tuple(state["frame_hw"])
         self.internal_hw = tuple(state["internal_hw"])
+        self.scale = state.get("scale", 1.0)  # the size in force when it was saved (resume keeps it)
+        self.frames_out = state.get("frames_out", 0)
         self.core.set_state(state["core"])
 
     # -------------------------------------------------------------- pair (VR180 eyes)
@@ -130,12 +215,16 @@ class MatAnyoneEngine:
         """A second engine on the same network (no second copy of the weights) with its own memory."""
         other = copy.copy(self)  # settings and the (possibly compiled) network shared; not __init__ again
         other.core = InferenceCore(self.net, dataclasses.replace(self.core.cfg), autocast_dtype=self.autocast_dtype)
-        other.frame_hw = other.internal_hw = other.last_internal_alpha = None
+        other.frame_hw = other.internal_hw = other.last_internal_alpha = other.scale = None
+        other.frames_out, other._events = 0, []
         return other
 
     def make_pair(self) -> "MatAnyonePair":
         """This engine and its twin, stepped as one batch of two (``MatAnyonePair``)."""
-        return MatAnyonePair(self, self.twin())
+        pair = MatAnyonePair(self, self.twin())
+        for eye in pair.eyes:
+            eye.streams = 2
+        return pair
 
     # -------------------------------------------------------------- helpers
     def _settings(self) -> dict[str, Any]:
@@ -151,7 +240,17 @@ class MatAnyoneEngine:
         hw = tuple(frame.shape[:2])
         if starting:
             self.frame_hw = hw
-            self.internal_hw = prep.max_size_hw(hw[0], hw[1], self.cfg.max_size)
+            base = prep.max_size_hw(hw[0], hw[1], self.cfg.max_size)
+            if self.scale is None:  # first anchor: the largest size the memory model says fits
+                self.scale, reason = adaptive_mod.choose_scale(
+                    self.adaptive, base, hw, self.autocast_dtype, self.cfg.max_mem_frames, self.device, self.streams)
+                while self.scale < 1.0 and _cells(adaptive_mod.scaled_hw(base, self.scale)) < self.cfg.top_k:
+                    self.scale = min(1.0, round(self.scale / adaptive_mod.STEP, 4))  # never below top_k's need
+                if self.scale < 1.0:
+                    new = adaptive_mod.scaled_hw(base, self.scale)
+                    log.info("matting size %s -> %s (scale %.3f): %s", base, new, self.scale, reason)
+                    self._events.append(adaptive_mod.ScaleChange(list(base), list(new), self.scale, reason))
+            self.internal_hw = adaptive_mod.scaled_hw(base, self.scale)
             self._check_size()
         elif hw != self.frame_hw:
             raise InvalidMediaError(f"frame size changed from {self.frame_hw} to {hw} mid-stream",
@@ -161,8 +260,7 @@ class MatAnyoneEngine:
 
     def _check_size(self) -> None:
         h, w = self.internal_hw
-        l, r, t, b = pad_amounts(h, w)
-        cells = (h + t + b) // 16 * ((w + l + r) // 16)
+        cells = _cells(self.internal_hw)
         if cells < self.cfg.top_k:
             raise InvalidMediaError(
                 f"matting size {w}x{h} gives {cells} cells of 16x16 px, fewer than engine.top_k={self.cfg.top_k}",
@@ -204,23 +302,60 @@ class MatAnyonePair:
         a, b = self.eyes
         if frames[0].shape != frames[1].shape:
             return a.start(frames[0], masks[0]), b.start(frames[1], masks[1])
-        imgs = a._frame(frames[0], starting=True), b._frame(frames[1], starting=True)
-        m = a._mask(masks[0]), b._mask(masks[1])
-        alpha = core_pair.start_pair(a.core, b.core, imgs, m, a.cfg.warmup)
+        while True:
+            try:
+                imgs = a._frame(frames[0], starting=True), b._frame(frames[1], starting=True)
+                if a.internal_hw != b.internal_hw:
+                    return a.start(frames[0], masks[0]), b.start(frames[1], masks[1])
+                adaptive_mod.injection().check(a.frames_out)
+                m = a._mask(masks[0]), b._mask(masks[1])
+                alpha = core_pair.start_pair(a.core, b.core, imgs, m, a.cfg.warmup)
+                break
+            except adaptive_mod.OOM_ERRORS as exc:
+                error = _first_line(exc)
+            a._step_down(error)
+            b._step_down(error)
+        a.frames_out += 1
+        b.frames_out += 1
         return a._alpha(alpha[0]), b._alpha(alpha[1])
 
     def step_pair(self, frames: tuple[np.ndarray, np.ndarray],
                   masks: tuple[np.ndarray | None, np.ndarray | None] = (None, None)) -> tuple[np.ndarray, np.ndarray]:
-        """Both eyes' alphas for one stereo frame; a mask on both eyes re-anchors both (a keyframe)."""
+        """Both eyes' alphas for one stereo frame; a mask on both eyes re-anchors both (a keyframe).
+        Out of memory: both eyes step down and re-anchor on this frame with their last alphas."""
         a, b = self.eyes
         if masks[0] is not None and masks[1] is not None:
             return self.start_pair(frames, masks)  # re-anchor: identical to a fresh start on the keyframe
-        if masks[0] is not None or masks[1] is not None or frames[0].shape != frames[1].shape:
+        if (masks[0] is not None or masks[1] is not None or frames[0].shape != frames[1].shape
+                or a.internal_hw != b.internal_hw):
             return a.step(frames[0], masks[0]), b.step(frames[1], masks[1])
         if a.frame_hw is None or b.frame_hw is None:
             raise RuntimeError("step_pair() before start_pair()")
-        alpha = core_pair.step_pair(a.core, b.core, (a._frame(frames[0]), b._frame(frames[1])))
-        return a._alpha(alpha[0]), b._alpha(alpha[1])
+        try:
+            adaptive_mod.injection().check(a.frames_out)
+            alpha = core_pair.step_pair(a.core, b.core, (a._frame(frames[0]), b._frame(frames[1])))
+        except adaptive_mod.OOM_ERRORS as exc:
+            error = _first_line(exc)
+        else:
+            a.frames_out += 1
+            b.frames_out += 1
+            return a._alpha(alpha[0]), b._alpha(alpha[1])
+        last = a.reanchor_mask(), b.reanchor_mask()
+        a._step_down(error)
+        b._step_down(error)
+        return self.start_pair(frames, last)
+
+    def drain_events(self) -> list[dict[str, Any]]:
+        return [{**e, "eye": i} for i, eye in enumerate(self.eyes) for e in eye.drain_events()]
+
+    def report(self, events) -> dict[str, Any]:
+        return scale_report(events)
+
+
+def scale_report(events) -> dict[str, Any]:
+    """The run's ``scale_change`` records as the metadata.json section ``scale_changes`` (none: nothing)."""
+    recs = events("scale_change")
+    return {"scale_changes": recs} if recs else {}
 
 
 def find_matanyone_weights(model: str, weights_dir: str | Path) -> Path:
@@ -239,8 +374,10 @@ def find_matanyone_weights(model: str, weights_dir: str | Path) -> Path:
         raise
 
 
-def build_engine(cfg: EngineConfig, weights_dir: str | Path | None) -> Engine:
-    """The engine named by ``cfg.name``; MatAnyone weights are read from ``weights_dir``."""
+def build_engine(cfg: EngineConfig, weights_dir: str | Path | None,
+                 adaptive: adaptive_mod.AdaptiveScale | None = None) -> Engine:
+    """The engine named by ``cfg.name``; MatAnyone weights are read from ``weights_dir``;
+    ``adaptive`` (from the ``runtime`` keys) sizes the matting resolution and steps it down on OOM."""
     if cfg.name == "mask":
         return MaskFollowEngine()
     if weights_dir is None:
@@ -248,4 +385,4 @@ def build_engine(cfg: EngineConfig, weights_dir: str | Path | None) -> Engine:
                            "pass --weights-dir or set weights_dir / MODEL_CACHE_DIR")
     device = resolve_device(cfg.device)
     net = load_network(find_matanyone_weights(cfg.model, weights_dir), "cpu")
-    return MatAnyoneEngine(net.to(device), cfg)
+    return MatAnyoneEngine(net.to(device), cfg, adaptive=adaptive)

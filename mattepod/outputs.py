@@ -33,6 +33,19 @@ from mattepod.media.writer import FFmpegWriter
 EVEN_PAD = ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
 
 
+# Encoder presets, chosen from bench/encode_speed.py (CONFIG.md "Encoder speed" has the figures): x264
+# veryfast gives files the size of fast, faster; x265 fast up to 4K, ultrafast above (8K SBS: about 6x
+# faster, the matte's mean error unchanged at ~1e-4), where the CPU encoder is what limits a GPU run.
+PRESETS = {"libx264": "veryfast", "libx265": "fast", "h264_nvenc": "p5", "hevc_nvenc": "p5"}
+PRESETS_ABOVE_4K = {**PRESETS, "libx265": "ultrafast", "h264_nvenc": "p4", "hevc_nvenc": "p4"}
+PIXELS_4K = 3840 * 2160
+
+
+def preset_for(encoder: str, pixels: int) -> str:
+    table = PRESETS_ABOVE_4K if pixels > PIXELS_4K else PRESETS
+    return table.get(encoder, table["libx264"])
+
+
 def hex_rgb(color: str) -> np.ndarray:
     return np.array([int(color[i:i + 2], 16) for i in (1, 3, 5)], np.float32)
 
@@ -40,7 +53,8 @@ def hex_rgb(color: str) -> np.ndarray:
 def over(frame: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.ndarray:
     """frame*alpha + background*(1-alpha) as uint8 (background: a colour (3,) or an image like frame)."""
     a = alpha[..., None]
-    out = frame.astype(np.float32) * a + background * (1.0 - a)
+    f = frame.astype(np.float32) / (257.0 if frame.dtype == np.uint16 else 1.0)  # 16-bit frames: 0..255 scale
+    out = f * a + background * (1.0 - a)
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -50,11 +64,13 @@ def alpha16(alpha: np.ndarray) -> np.ndarray:
 
 def rgba8(frame: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     a = np.round(alpha * 255.0).astype(np.uint8)
+    if frame.dtype == np.uint16:
+        frame = np.round(frame / 257.0).astype(np.uint8)
     return np.concatenate([frame, a[..., None]], axis=2)
 
 
 def rgba16(frame: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    rgb = frame.astype(np.uint16) * 257
+    rgb = frame if frame.dtype == np.uint16 else frame.astype(np.uint16) * 257
     return np.concatenate([rgb, alpha16(alpha)[..., None]], axis=2)
 
 
@@ -81,6 +97,7 @@ class RenderContext:
     layout: Any = None  # mattepod.stereo.Layout in vr180 mode
     fov: float = 180.0
     cache: devframes.DeviceCache | None = None  # where the torch renderers work (None = CPU)
+    pixels: int = 0  # of the encoded frame: picks the preset (PRESETS / PRESETS_ABOVE_4K)
 
     def colour_t(self) -> torch.Tensor:
         dev = self.cache.device if self.cache else torch.device("cpu")
@@ -90,16 +107,18 @@ class RenderContext:
         assert self.background is not None and self.cache is not None
         return self.cache.upload(self.background(0))
 
-    def x264(self) -> list[str]:
+    def x264(self, preset: str | None = None) -> list[str]:
         enc = self.video_encoders["h264"]
-        q = ["-cq", str(self.cfg.crf), "-preset", "p5"] if "nvenc" in enc else ["-crf", str(self.cfg.crf), "-preset", "fast"]
+        preset = preset or preset_for(enc, self.pixels)
+        q = ["-cq", str(self.cfg.crf), "-preset", preset] if "nvenc" in enc else ["-crf", str(self.cfg.crf), "-preset", preset]
         return [*EVEN_PAD, "-c:v", enc, *q, "-pix_fmt", "yuv420p"]
 
-    def x265_10(self) -> list[str]:
+    def x265_10(self, preset: str | None = None) -> list[str]:
         enc = self.video_encoders["hevc"]
+        preset = preset or preset_for(enc, self.pixels)
         if "nvenc" in enc:
-            return [*EVEN_PAD, "-c:v", enc, "-cq", str(self.cfg.crf), "-preset", "p5", "-pix_fmt", "p010le", "-tag:v", "hvc1"]
-        return [*EVEN_PAD, "-c:v", enc, "-crf", str(self.cfg.crf), "-preset", "fast", "-pix_fmt", "yuv420p10le",
+            return [*EVEN_PAD, "-c:v", enc, "-cq", str(self.cfg.crf), "-preset", preset, "-pix_fmt", "p010le", "-tag:v", "hvc1"]
+        return [*EVEN_PAD, "-c:v", enc, "-crf", str(self.cfg.crf), "-preset", preset, "-pix_fmt", "yuv420p10le",
                 "-x265-params", "log-level=error", "-tag:v", "hvc1"]
 
 
@@ -231,7 +250,8 @@ class OutputSet:
             raise ConfigError("outputs.formats 'packed' needs stereo.mode: vr180", "set stereo.mode: vr180")
         self.ctx = RenderContext(self.cfg, self.video_encoders,
                                  background=(lambda _i: self._bg.next()) if self._bg else None,
-                                 layout=self.layout, fov=self.fov, cache=devframes.cache_for(self.device))
+                                 layout=self.layout, fov=self.fov, cache=devframes.cache_for(self.device),
+                                 pixels=self.width * self.height)
 
     def name(self, fmt: Format) -> str:
         return output_name(self.stem, fmt, self.cfg, self.layout, self.fov)

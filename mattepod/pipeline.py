@@ -45,38 +45,10 @@ class RunResult:
     metadata: dict[str, Any]
 
 
-def plan(cfg: Config) -> dict[str, Any]:
-    """What a run would do (``--dry-run``): validated config + input probe + frame range; creates nothing."""
-    info = _probe_input(cfg)
-    first, count = _frame_range(cfg, info)
-    gt_start = quality.precheck(cfg, info, first, count)  # issue 17
-    return {"input": info.to_json(), "start_frame": first, "frames": count, "engine": cfg.engine.name,
-            "outputs": list(cfg.outputs.formats), "prompt_frame": cfg.prompt.frame,
-            "segments": -(-count // cfg.recovery.segment_frames), "stereo": cfg.stereo.mode,
-            "weights_dir": str(cfg.resolved_weights_dir()),
-            "quality": None if gt_start is None else {"gt": cfg.quality.gt, "gt_start": gt_start,
-                                                      "depth": cfg.quality.depth}}
-
-
-def _probe_input(cfg: Config) -> MediaInfo:
-    if not cfg.input:
-        raise config_mod.ConfigError("no input given", "pass --input VIDEO or set input: in the config")
-    binary("ffmpeg")
-    return probe(cfg.input)
-
-
-def _frame_range(cfg: Config, info: MediaInfo) -> tuple[int, int]:
-    if cfg.start_frame >= info.frame_count:
-        raise InvalidMediaError(f"start_frame {cfg.start_frame} is beyond the end ({info.frame_count} frames)",
-                                f"choose a start frame below {info.frame_count}")
-    count = info.frame_count - cfg.start_frame
-    if cfg.max_frames:
-        count = min(count, cfg.max_frames)
-    for spec in [cfg.prompt.frame, *(k.frame for k in cfg.prompt.keyframes)]:
-        if spec >= count:
-            raise MaskError(f"prompt frame {spec} is beyond the last processed frame ({count - 1})",
-                            "choose a prompt frame inside the processed range")
-    return cfg.start_frame, count
+# plan / probe / frame range live in mattepod/plan.py: a dry run must not import torch (issue 12)
+from mattepod.plan import frame_range as _frame_range  # noqa: E402,F401
+from mattepod.plan import plan  # noqa: E402,F401
+from mattepod.plan import probe_input as _probe_input  # noqa: E402,F401
 
 
 def run(cfg: Config, opts: RunOptions | None = None) -> RunResult:
@@ -180,6 +152,10 @@ def _make_run(cfg: Config, info: MediaInfo, first: int, count: int, folder: RunF
         log.info("VR180 layout %s (from %s)", layout.arrangement, layout.origin)
     encoders = _pick_encoders(cfg)
     folder.update(encoder=encoders, weights=_weights_used(cfg), segment_frames=manifest.segment_frames)
+    if cfg.prompt.subjects:  # several subjects (#16)
+        from mattepod.subjectrun import SubjectsRun
+
+        return SubjectsRun(cfg, info, first, count, folder, manifest, progress, cancel, opts, encoders, layout)
     return Run(cfg, info, first, count, folder, manifest, progress, cancel, opts, encoders, layout)
 
 
@@ -282,9 +258,10 @@ def _weights_used(cfg: Config) -> list[dict[str, str]]:
         files += [(cfg.engine.model, f) for f in (sorted(src.iterdir()) if src.is_dir() else [src])
                   if f.is_file() and not f.name.startswith(".")]
     p = cfg.prompt
-    if p.points or p.box or p.auto_person or p.reprompt_every or any(k.points or k.box or k.auto_person for k in p.keyframes):
-        names = [f"sam2.1_{p.sam2_model}"] + (["person_detector"] if p.auto_person or p.reprompt_every
-                                               or any(k.auto_person for k in p.keyframes) else [])
+    prompts = [p, *p.keyframes, *p.subjects, *(k for s in p.subjects for k in s.keyframes)]  # subjects: #16
+    if p.reprompt_every or any(q.points or q.box or q.auto_person for q in prompts):
+        names = [f"sam2.1_{p.sam2_model}"] + (["person_detector"] if p.reprompt_every
+                                               or any(q.auto_person for q in prompts) else [])
         for name in names:
             folder = weights.model_dir(name, wdir)
             files += [(name, folder / wf.filename) for wf in weights.MODELS[name].files if (folder / wf.filename).is_file()]

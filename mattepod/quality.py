@@ -122,12 +122,26 @@ def largest_component(binary_img: np.ndarray) -> np.ndarray:
 def conn(pred: np.ndarray, gt: np.ndarray, step: float = 0.1) -> float:
     p, g = pred.astype(np.float64), gt.astype(np.float64)
     levels = [i * step for i in range(int(round(1 / step)) + 1)]
-    round_down = np.full(g.shape, -1.0)
-    for i in range(1, len(levels)):
-        omega = largest_component((g >= levels[i]) & (p >= levels[i]))
-        round_down[(round_down == -1.0) & ~omega] = levels[i - 1]
-    round_down[round_down == -1.0] = 1.0
-    gd, pd = g - round_down, p - round_down
+    # {g >= t and p >= t} = {min(g, p) >= t}; every later set lies inside the first one, so the components
+    # are found inside its bounding box (raster order there is the frame's), and everything outside it
+    # leaves at the first threshold (level 0)
+    low = np.minimum(p, g)
+    level = np.full(g.shape, levels[0])
+    first = low >= levels[1]
+    rows, cols = np.flatnonzero(first.any(axis=1)), np.flatnonzero(first.any(axis=0))
+    if len(rows):
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        sub = low[box]
+        sub_level = np.ones(sub.shape)  # never left: 1
+        kept = np.ones(sub.shape, bool)  # still inside every largest component so far
+        for i in range(1, len(levels)):
+            omega = largest_component(sub >= levels[i])
+            sub_level[kept & ~omega] = levels[i - 1]
+            kept &= omega
+            if not kept.any():
+                break
+        level[box] = sub_level
+    gd, pd = g - level, p - level
     g_phi = 1.0 - gd * (gd >= 0.15)
     p_phi = 1.0 - pd * (pd >= 0.15)
     return float(np.abs(g_phi - p_phi).sum() / 1e3)

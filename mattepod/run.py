@@ -187,7 +187,9 @@ def build_engine(cfg: Config) -> Engine:
         return MaskFollowEngine()
     from mattepod.matting import build_engine as build_matting  # torch-heavy; only when asked for
 
-    return build_matting(cfg.engine, cfg.resolved_weights_dir())
+    from mattepod.adaptive import AdaptiveScale
+
+    return build_matting(cfg.engine, cfg.resolved_weights_dir(), AdaptiveScale.from_runtime(cfg.runtime))
 
 
 class ScaledEngine:
@@ -196,6 +198,7 @@ class ScaledEngine:
     def __init__(self, inner: Engine, scale: float):
         self.inner, self.scale = inner, scale
         self.name = getattr(inner, "name", "engine")
+        self.accepts_16bit = getattr(inner, "accepts_16bit", False)  # cv2.resize keeps uint16
 
     def _down(self, img: np.ndarray, interp: int) -> np.ndarray:
         if self.scale == 1.0:
@@ -369,8 +372,20 @@ class EncodeStage:
         if self.error:
             raise self.error[0]
 
-    def abort(self) -> None:
-        """Stop now (an error or a cancel): queued frames are dropped, the open segment's writers killed."""
+    def abort(self, keep_queued: bool = False) -> None:
+        """Stop after an error or a cancel; the open segment's writers are killed (it is redone on resume).
+
+        ``keep_queued``: segments already complete in the queue are still committed (an engine error loses
+        only the open segment); a cancel drops the queue instead, to stop within a frame or two."""
+        if keep_queued and not self.error and self.thread.is_alive():
+            deadline = time.monotonic() + 60
+            while self.thread.is_alive() and time.monotonic() < deadline:
+                try:
+                    self.q.put(_END, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            self.thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._stop.set()
         while True:
             try:
@@ -411,7 +426,9 @@ class EncodeStage:
                 elif kind == "frame":
                     _, i, frame, alpha = item
                     outs.write(i, frame, alpha)
-                    if i in self.preview_at:
+                    if i in self.preview_at and hasattr(outs, "previews"):  # several subjects (#16)
+                        outs.previews(i, frame, alpha, hex_rgb(run.cfg.outputs.color))
+                    elif i in self.preview_at:
                         _write_previews(run.run_dir, i, frame, alpha, run.cfg)
                     clock.add("encode", time.perf_counter() - t)
                 elif kind == "close":
@@ -558,6 +575,12 @@ class Run:
             self.folder.update(**self._engine_report())
         return self.engine
 
+    def depth(self) -> int:
+        """16 when the engine asks for 16-bit frames and the source has more than 8 bits (hook, #15)."""
+        from mattepod.media.reader import frame_depth
+
+        return frame_depth(self.info, self.ensure_engine(), bool(self.keyframes))
+
     def prompt(self) -> np.ndarray:
         """The prompt mask on frame k (SAM 2 / detector freed afterwards unless keyframes need them)."""
         if self.prompt_mask is None:
@@ -594,7 +617,7 @@ class Run:
         self.events.trim(lambda r: r.get("pass") == "backward")
         self.spill.mkdir(exist_ok=True)
         self.progress.begin("backward", 0, total=k)
-        engine.start(read_frame(info, self.first + k), mask)
+        engine.start(read_frame(info, self.first + k, depth=self.depth()), mask)
         self.started = True
         _ = getattr(engine, "drain_events", lambda: [])()  # frame k is recorded by the forward pass
         done = 0
@@ -602,7 +625,7 @@ class Run:
         for chunk in range((k - 1) // n, -1, -1):
             lo = chunk * n
             hi = min(k, lo + n)
-            frames = list(read_frames(info, self.first + lo, hi - lo))  # one bounded chunk
+            frames = list(read_frames(info, self.first + lo, hi - lo, depth=self.depth()))  # one bounded chunk
             out = np.zeros((n, info.height, info.width), np.uint16)
             for j in range(hi - lo - 1, -1, -1):
                 self.cancel.check()
@@ -649,9 +672,9 @@ class Run:
         seg, count = self.seg_len, self.count
         t_wall = time.perf_counter()
         stage = EncodeStage(self, self.outs).start()
+        frames = prefetch(read_frames(self.info, self.first + decode_from, count - decode_from, depth=self.depth()),
+                          self.cfg.runtime.queue_size, self.clock)
         try:
-            frames = prefetch(read_frames(self.info, self.first + decode_from, count - decode_from),
-                              self.cfg.runtime.queue_size, self.clock)
             for i, frame in enumerate(frames, start=decode_from):
                 self.cancel.check()
                 encode = i >= encode_from
@@ -671,10 +694,11 @@ class Run:
                         stage.close(i // seg, done, blob)
                     self.progress.update(done)
             stage.finish()
-        except BaseException:
-            stage.abort()
+        except BaseException as exc:
+            stage.abort(keep_queued=not (isinstance(exc, (CancelledError, KeyboardInterrupt)) or self.cancel.flag.is_set()))
             raise
         finally:
+            frames.close()  # stops the decode thread and its ffmpeg now, not when the traceback is freed
             self.events.close()
         self.progress.update(count, force=True)
         self.timings = self.clock.report(time.perf_counter() - t_wall, count - encode_from)

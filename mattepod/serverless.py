@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import copy
 import importlib.util
 import json
 import logging
-import os
 import re
 import shutil
 import threading
@@ -36,37 +34,46 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Literal
-from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mattepod import config as cfgmod
+from mattepod import netfetch, settings
+from mattepod import request as rq
 from mattepod import split as splitmod
 from mattepod.engine import Engine
 from mattepod.errors import ConfigError, InputNotFoundError, MaskError, MattePodError, RunStateError
+from mattepod.media.exts import VIDEO_EXTS
+from mattepod.paths import Roots, inside, safe_name
 from mattepod.runfolder import METADATA, read_json, write_atomic
 
 log = logging.getLogger("mattepod.serverless")
 
-MB = 1024 * 1024
+MB = settings.MB
+JOBS_DIR = ".jobs"  # per-job scratch (downloaded inputs) under the output folder
 
 
 def volume_root() -> Path:
-    return Path(os.environ.get("RUNPOD_VOLUME_PATH", "/runpod-volume"))
+    return Path(settings.get().volume)
 
 
 def allowed_roots() -> list[Path]:
-    """Folders a job may name local files in (the network volume, the container's workspace)."""
-    env = os.environ.get("MATTEPOD_ALLOWED_ROOTS")
-    roots = env.split(os.pathsep) if env else [str(volume_root()), "/workspace"]
-    roots.append(str(output_root()))  # our own outputs (plans, downloaded inputs of a split) are always fine
-    return [Path(r).resolve() for r in roots if r]
+    """Folders a job may name local files in (the network volume, the container's workspace, our outputs)."""
+    roots = settings.allowed_roots() or [volume_root(), Path("/workspace")]
+    return [Path(r).resolve() for r in [*roots, output_root()]]
+
+
+def job_roots() -> Roots:
+    """The one confinement rule for a job: read from the allowed roots, write run folders into the output
+    folder, weights only from the worker's own MODEL_CACHE_DIR; relative paths are on the volume."""
+    return Roots.of(read=allowed_roots(), write=[output_root()], weights=[settings.weights_dir()],
+                    base=volume_root())
 
 
 def output_root() -> Path:
     """OUTPUT_DIR, else ``<volume>/output`` (where a pod with the same volume mounted
     at /workspace sees ``/workspace/output``), else ./output."""
-    env = os.environ.get("OUTPUT_DIR")
+    env = settings.get().output_dir
     if env:
         return Path(env)
     vol = volume_root()
@@ -79,7 +86,7 @@ def check_storage() -> list[str]:
     if not vol.is_dir():
         return [f"no network volume at {vol}: outputs stay on this worker's disk (attach a volume, or upload)"]
     warn = []
-    for what, path in (("outputs", output_root()), ("weights", Path(os.environ.get("MODEL_CACHE_DIR") or "weights"))):
+    for what, path in (("outputs", output_root()), ("weights", settings.weights_dir())):
         p = path.resolve()
         if p != vol and vol not in p.parents:
             warn.append(f"{what} go to {p}, not onto the volume {vol} -> set "
@@ -88,7 +95,7 @@ def check_storage() -> list[str]:
 
 
 def max_download_bytes() -> int:
-    return int(float(os.environ.get("MATTEPOD_MAX_DOWNLOAD_MB", "4096")) * MB)
+    return settings.get().max_download_bytes
 
 
 # --------------------------------------------------------------------------- job input schema
@@ -98,13 +105,7 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class PromptIn(_In):
-    mask: str | None = Field(None, description="mask PNG: path on the volume, data: URL, base64, or http(s) URL")
-    points: list[tuple[float, float, int] | tuple[float, float]] = Field(default_factory=list)
-    box: tuple[float, float, float, float] | None = None
-    frame: int = Field(0, ge=0)
-    auto_person: bool = False
-    normalized: bool = False
+PromptIn = rq.PromptRequest  # the prompt part of the one request model (mask may also be a URL or base64)
 
 
 class BucketIn(_In):
@@ -123,7 +124,7 @@ class UploadIn(_In):
     @classmethod
     def _http(cls, v: dict[str, str]) -> dict[str, str]:
         for fmt, url in v.items():
-            if urlparse(url).scheme not in ("http", "https"):
+            if not netfetch.is_url(url):
                 raise ValueError(f"put_urls.{fmt} must be an http(s) URL")
         return v
 
@@ -159,9 +160,12 @@ class JobIn(_In):
 
     @field_validator("run_name")
     @classmethod
-    def _relative(cls, v: str | None) -> str | None:
-        if v is not None and (v.startswith("/") or ".." in Path(v).parts or not re.fullmatch(r"[\w./-]+", v)):
-            raise ValueError("must be a relative name of letters, digits, _ . - / (no '..')")
+    def _plain(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                safe_name(v, "run_name")
+            except ConfigError:
+                raise ValueError("must be one plain name: letters, digits, '_', '.', '-' (no '/', no '..')") from None
         return v
 
 
@@ -171,11 +175,7 @@ def parse_input(raw: Any) -> JobIn:
     try:
         job = JobIn.model_validate(raw)
     except ValidationError as err:
-        parts = []
-        for e in err.errors():
-            key = ".".join(str(p) for p in e["loc"]) or "(input)"
-            parts.append(f"{key}: {'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}")
-        raise ConfigError("job input: " + "; ".join(parts), "see the job input schema in BUILD.md") from None
+        raise ConfigError(rq.format_error(err, "job input"), "see the job input schema in BUILD.md") from None
     if job.action in ("run", "plan") and not job.video:
         raise ConfigError("job input: no video", 'give "video": a path on the volume or an http(s) URL')
     if job.action == "join" and not job.join:
@@ -188,55 +188,23 @@ def parse_input(raw: Any) -> JobIn:
 
 def local_path(text: str, what: str) -> Path:
     """A file named by a job: relative = on the volume; absolute = must lie under an allowed root."""
-    p = Path(text)
-    p = (p if p.is_absolute() else volume_root() / p).resolve()
-    if not any(p == r or r in p.parents for r in allowed_roots()):
-        raise InputNotFoundError(f"{what} {text} is outside the allowed folders",
-                                 f"put it on the network volume ({volume_root()}) and give that path")
+    p = inside(text, allowed_roots(), what, base=volume_root())
     if not p.exists():
         raise InputNotFoundError(f"{what} {text} not found", f"check the path on the volume ({volume_root()})")
     return p
 
 
-def is_url(text: str) -> bool:
-    return urlparse(text).scheme in ("http", "https")
+is_url = netfetch.is_url
 
 
-def download(url: str, dest_dir: Path, limit: int, what: str) -> Path:
-    """Stream an http(s) URL to ``dest_dir`` (never into memory), refusing more than ``limit`` bytes."""
-    from runpod.http_client import SyncClientSession
-
-    scheme = urlparse(url).scheme
-    if scheme not in ("http", "https"):
-        raise InputNotFoundError(f"{what} URL scheme {scheme or '(none)'!r} is not allowed", "use http:// or https://")
-    name = re.sub(r"[^\w.-]", "_", Path(urlparse(url).path).name) or "download"
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    dest = dest_dir / name
-    part = dest.with_name(dest.name + ".part")
-    try:
-        with SyncClientSession().get(url, stream=True, timeout=(10, 60)) as resp:
-            if resp.status_code != 200:
-                raise InputNotFoundError(f"{what} download failed: HTTP {resp.status_code} from {url}",
-                                         "check the URL (is a presigned link expired?)")
-            length = int(resp.headers.get("Content-Length") or 0)
-            if length > limit:
-                raise InputNotFoundError(f"{what} is {length / MB:.1f} MB, over the {limit / MB:.0f} MB limit",
-                                         "put it on the network volume and pass its path, or raise "
-                                         "MATTEPOD_MAX_DOWNLOAD_MB")
-            got = 0
-            with open(part, "wb") as f:
-                for chunk in resp.iter_content(1 << 20):
-                    got += len(chunk)
-                    if got > limit:
-                        raise InputNotFoundError(f"{what} exceeds the {limit / MB:.0f} MB download limit",
-                                                 "put it on the network volume and pass its path")
-                    f.write(chunk)
-        os.replace(part, dest)
-    except OSError as exc:
-        raise InputNotFoundError(f"{what} download from {url} failed: {exc}", "check the URL and the network") from None
-    finally:
-        part.unlink(missing_ok=True)
-    return dest
+def download(url: str, dest_dir: Path, limit: int, what: str, name: str | None = None) -> Path:
+    """Stream an http(s) URL into ``dest_dir`` (never into memory), at most ``limit`` bytes, through the
+    SSRF-safe fetcher. The file is named by us (``name``, else ``<what>`` + a media extension from the URL),
+    never after the URL, so a URL cannot plant a ``metadata.json`` or ``plan.json`` on the volume."""
+    if name is None:
+        suffix = Path(url.split("?", 1)[0]).suffix.lower()
+        name = what.replace(" ", "_") + (suffix if suffix in VIDEO_EXTS else ".bin")
+    return netfetch.fetch(url, dest_dir / name, limit, what)
 
 
 def resolve_video(text: str, work: Path) -> Path:
@@ -248,15 +216,20 @@ def resolve_video(text: str, work: Path) -> Path:
 
 
 def resolve_mask(text: str, work: Path) -> Path:
-    """Mask from a path, a URL, a data: URL or bare base64 (written to the job's folder as a PNG)."""
+    """Mask from a path, a URL, a data: URL or bare base64 (written to the job's folder as a PNG).
+    URL and base64 masks share one size cap (MATTEPOD_MAX_MASK_MB), checked before decoding."""
     data = None
+    limit = settings.get().max_mask_bytes
     if text.startswith("data:"):
         data = text.split(",", 1)[-1]
     elif is_url(text):
-        return download(text, work / "prompt", 64 * MB, "mask")
+        return download(text, work / "prompt", limit, "mask", name="mask.img")
     elif len(text) > 512 and re.fullmatch(r"[A-Za-z0-9+/=\s]+", text):
         data = text
     if data is not None:
+        if len(data) * 3 // 4 > limit:
+            raise MaskError(f"prompt.mask base64 is over the {limit / MB:.0f} MB limit",
+                            "send a smaller mask (a PNG of the frame size), or put it on the volume")
         try:
             raw = base64.b64decode(data, validate=False)
         except (binascii.Error, ValueError):
@@ -274,8 +247,6 @@ def upload_outputs(spec: UploadIn | None, run_dir: Path, outputs: dict[str, str]
     """PUT each output to its presigned URL, and/or copy them to an S3-compatible bucket (runpod's rp_upload)."""
     if spec is None:
         return {}
-    from runpod.http_client import SyncClientSession
-
     done: dict[str, str] = {}
     unknown = sorted(set(spec.put_urls) - set(outputs))
     if unknown:
@@ -285,11 +256,9 @@ def upload_outputs(spec: UploadIn | None, run_dir: Path, outputs: dict[str, str]
         path = run_dir / outputs[fmt]
         if path.is_dir():
             raise ConfigError(f"{fmt} is a folder of images; a PUT URL takes one file", "upload a video format")
-        with open(path, "rb") as f:
-            resp = SyncClientSession().put(url, data=f, timeout=(10, 600),
-                                           headers={"Content-Length": str(path.stat().st_size)})
-        if resp.status_code >= 300:
-            raise RunStateError(f"upload of {fmt} failed: HTTP {resp.status_code}",
+        status = netfetch.put(url, path, f"upload of {fmt}")
+        if status >= 300:
+            raise RunStateError(f"upload of {fmt} failed: HTTP {status}",
                                 "check the presigned PUT URL (expired? wrong method?); the file stays in "
                                 f"{path}")
         done[fmt] = url.split("?", 1)[0]
@@ -368,7 +337,7 @@ class EnginePool:
             factory(cfg)
 
 
-ENGINES = EnginePool(int(os.environ.get("MATTEPOD_ENGINE_CACHE", "2")))
+ENGINES = EnginePool(settings.get().engine_cache)
 
 
 # --------------------------------------------------------------------------- progress
@@ -379,7 +348,7 @@ class ProgressRelay:
 
     def __init__(self, job: dict[str, Any], interval: float | None = None, prefix: str = ""):
         self.job = job
-        self.interval = float(os.environ.get("MATTEPOD_PROGRESS_INTERVAL", "2")) if interval is None else interval
+        self.interval = settings.get().progress_interval if interval is None else interval
         self.prefix = prefix
         self._last = 0.0
         self._stage: str | None = None
@@ -403,7 +372,7 @@ class ProgressRelay:
     def send(self, payload: dict[str, Any]) -> None:
         self.sent += 1
         # Off RunPod (local test mode without a webhook) there is nowhere to post: log only.
-        if os.environ.get("RUNPOD_WEBHOOK_POST_OUTPUT"):
+        if settings.get().webhook_post_output:
             import runpod
 
             runpod.serverless.progress_update(self.job, payload)
@@ -414,67 +383,42 @@ class ProgressRelay:
 
 
 def build_config(spec: JobIn, video: Path | None, mask: Path | None, out_root: Path) -> cfgmod.Config:
-    """Job input -> a validated Config: nested ``config`` first, then the job's own keys, then ``set``."""
-    data = copy.deepcopy(spec.config)
-    if not isinstance(data, dict):
+    """Job input -> a validated, confined Config through the one front door (``mattepod.request``): nested
+    ``config`` first, then the job's own keys, then ``set``; the worker fixes the input (the job's ``video``),
+    the output folder and the weights, and every path key is confined after the last override."""
+    if not isinstance(spec.config, dict):
         raise ConfigError("job input: config must be an object of config keys", "see CONFIG.md")
-    put = lambda key, value: cfgmod.set_dotted(data, key, value)  # noqa: E731
+    prompt = spec.prompt
+    if prompt is not None and mask is not None:
+        prompt = prompt.model_copy(update={"mask": str(mask)})
+    req = rq.RunRequest(prompt=prompt, outputs=spec.outputs, start_frame=spec.start_frame,
+                        max_frames=spec.max_frames, scale=spec.scale, config=spec.config, overrides=spec.set)
+    fixed: dict[str, Any] = {"output_dir": str(out_root), "weights_dir": None}
     if video is not None:
-        put("input", str(video))
-    put("output_dir", str(out_root))
-    for key in ("start_frame", "max_frames", "scale"):
-        if getattr(spec, key) is not None:
-            put(key, getattr(spec, key))
-    if spec.outputs is not None:
-        put("outputs.formats", spec.outputs)
-    if spec.prompt is not None:
-        p = spec.prompt
-        put("prompt.frame", p.frame)
-        put("prompt.normalized", p.normalized)
-        put("prompt.auto_person", p.auto_person)
-        if mask is not None:
-            put("prompt.mask", str(mask))
-        if p.points:
-            put("prompt.points", [{"x": pt[0], "y": pt[1], "label": pt[2] if len(pt) > 2 else 1} for pt in p.points])
-        if p.box is not None:
-            put("prompt.box", list(p.box))
-    for key, value in spec.set.items():
-        put(key, value)
-    cfg = cfgmod.validate(data, "job input config")
-    _confine_paths(cfg)
-    pr = cfg.prompt
-    if not (pr.mask or pr.points or pr.box or pr.auto_person):
-        raise MaskError("job input: no prompt", 'give prompt.mask, prompt.points, prompt.box or prompt.auto_person')
+        fixed["input"] = str(video)
+    cfg = rq.to_config(req, roots=job_roots(), fixed=fixed, source="job input")
+    rq.require_prompt(cfg)
     return cfg
 
 
-def _confine_paths(cfg: cfgmod.Config) -> None:
-    """File names inside ``config`` obey the same rule as the job's own: on the volume (relative paths are
-    resolved against it) or under an allowed root. Weights are the worker's business, never the job's."""
-    if cfg.weights_dir is not None:
-        raise ConfigError("job input: config.weights_dir cannot be set by a job",
-                          "the worker reads weights from MODEL_CACHE_DIR; drop the key")
-    p = cfg.prompt
-    if p.mask:
-        p.mask = str(local_path(p.mask, "prompt.mask"))
-    p.mask_add = [str(local_path(m, "prompt.mask_add")) for m in p.mask_add]
-    p.mask_subtract = [str(local_path(m, "prompt.mask_subtract")) for m in p.mask_subtract]
-    for kf in p.keyframes:
-        if kf.mask:
-            kf.mask = str(local_path(kf.mask, f"keyframe {kf.frame} mask"))
-    if cfg.outputs.background:
-        cfg.outputs.background = str(local_path(cfg.outputs.background, "outputs.background"))
+def run_name(stem: str, job_id: str, suffix: str = "") -> str:
+    """The one naming of a worker's run folder: ``<stem>_<job id><suffix>`` (a retried job finds it again)."""
+    from mattepod.paths import slug
+
+    return safe_name(f"{slug(stem)}_{job_id}{suffix}", "run folder name")
 
 
 def _job_dirs(spec: JobIn, job_id: str, stem: str, suffix: str = "") -> tuple[Path, Path]:
     root = output_root()
-    safe_id = re.sub(r"[^\w.-]", "_", job_id)
-    run_dir = root / (spec.run_name or f"{stem}_{safe_id}{suffix}")
+    name = spec.run_name or run_name(stem, job_id, suffix)
+    run_dir = inside(root / name, [root], "run_name")  # a symlink named like a run may not lead outside
+    if run_dir == root.resolve() or run_dir.parent != root.resolve():
+        raise InputNotFoundError(f"run_name {name} is not a folder of its own in {root}", "choose another name")
     return root, run_dir
 
 
 def _work_dir(job_id: str) -> Path:
-    return output_root() / ".jobs" / re.sub(r"[^\w.-]", "_", job_id)
+    return output_root() / JOBS_DIR / safe_name(job_id, "job id")
 
 
 def _summary(meta: dict[str, Any]) -> dict[str, Any]:
@@ -500,7 +444,7 @@ def _run_pipeline(cfg: cfgmod.Config, run_dir: Path, relay: ProgressRelay) -> di
 
 
 def do_run(job: dict[str, Any], spec: JobIn) -> dict[str, Any]:
-    job_id = str(job.get("id", "local"))
+    job_id = job_id_of(job)
     work = _work_dir(job_id)
     video = resolve_video(spec.video or "", work)
     mask = resolve_mask(spec.prompt.mask, work) if spec.prompt and spec.prompt.mask else None
@@ -523,7 +467,7 @@ def do_plan(job: dict[str, Any], spec: JobIn) -> dict[str, Any]:
     """Split into ranges, make each range's prompt, write plan.json; return the range jobs and the join job."""
     from mattepod.media.probe import probe
 
-    job_id = str(job.get("id", "local"))
+    job_id = job_id_of(job)
     split = spec.split or SplitIn(ranges=2)
     work = _work_dir(job_id)
     video = resolve_video(spec.video or "", work)
@@ -553,7 +497,7 @@ def do_plan(job: dict[str, Any], spec: JobIn) -> dict[str, Any]:
     base.setdefault("outputs", {})["copy_audio"] = False  # the join copies the source audio once, whole length
     jobs, segments = [], []
     for r, prompt in zip(ranges, prompts):
-        name = f"{plan_dir.relative_to(root).as_posix()}/range_{r.index:03d}"
+        name = safe_name(f"{plan_dir.name}.range_{r.index:03d}", "range run name")
         jobs.append({"action": "run", "video": str(video), "start_frame": r.start_frame, "max_frames": r.frames,
                      "config": {**base, "prompt": prompt}, "run_name": name})
         segments.append(str(root / name))
@@ -573,7 +517,8 @@ def do_plan(job: dict[str, Any], spec: JobIn) -> dict[str, Any]:
 
 def dispatch(jobs: list[dict[str, Any]]) -> list[str]:
     """Submit the range jobs to this same endpoint; RunPod's queue gives each to the next free worker."""
-    endpoint_id, api_key = os.environ.get("RUNPOD_ENDPOINT_ID"), os.environ.get("RUNPOD_API_KEY")
+    env = settings.get()
+    endpoint_id, api_key = env.runpod_endpoint_id, env.runpod_api_key
     if not endpoint_id or not api_key:
         raise ConfigError("split.dispatch needs RUNPOD_ENDPOINT_ID and RUNPOD_API_KEY in the worker's env",
                           "set them on the endpoint, or submit the returned jobs yourself")
@@ -583,36 +528,56 @@ def dispatch(jobs: list[dict[str, Any]]) -> list[str]:
     return [endpoint.run({"input": inp}).job_id for inp in jobs]
 
 
+def run_folder(text: str, what: str) -> Path:
+    """A run folder a join reads: inside the output folder (where this worker makes run folders), never in a
+    job's scratch folder (``.jobs``: downloads land there), and existing."""
+    root = output_root().resolve()
+    p = inside(text, [root], what, base=volume_root())
+    if JOBS_DIR in p.relative_to(root).parts or p == root:
+        raise InputNotFoundError(f"{what} {text} is not a run folder", "give a run_dir or plan_dir a job returned")
+    if not p.is_dir():
+        raise InputNotFoundError(f"{what} {text} not found", "give a run_dir or plan_dir a job returned")
+    return p
+
+
 def do_join(job: dict[str, Any], spec: JobIn) -> dict[str, Any]:
     assert spec.join is not None
+    job_id = job_id_of(job)
     j = spec.join
     audio_from = None
     if j.plan:
-        plan_dir = local_path(j.plan, "join.plan")
+        plan_dir = run_folder(j.plan, "join.plan")
         plan = read_json(plan_dir / "plan.json")
-        if not plan:
+        if not isinstance(plan, dict) or not isinstance(plan.get("segments"), list):
             raise RunStateError(f"{plan_dir} holds no plan.json", "give the plan_dir a plan job returned")
-        segments = [Path(s) for s in plan["segments"]]
-        audio_from = plan["video"] if plan.get("audio") and j.audio else None
-        out_dir = plan_dir / "joined" if not spec.run_name else output_root() / spec.run_name
+        # a plan file is data on the volume like any other: every path in it obeys the same rule
+        segments = [run_folder(str(seg), "plan.json segment") for seg in plan["segments"]]
+        if plan.get("audio") and j.audio:
+            audio_from = str(local_path(str(plan.get("video")), "plan.json video"))
+        out_dir = plan_dir / "joined" if not spec.run_name else _job_dirs(spec, job_id, "joined")[1]
     elif j.segments:
-        segments = [local_path(s, "join segment") for s in j.segments]
-        safe_id = re.sub(r"[^\w.-]", "_", str(job.get("id")))
-        out_dir = output_root() / (spec.run_name or f"joined_{safe_id}")
+        segments = [run_folder(seg, "join segment") for seg in j.segments]
+        out_dir = _job_dirs(spec, job_id, "joined")[1]
         if spec.video and j.audio:
-            audio_from = str(resolve_video(spec.video, _work_dir(str(job.get("id")))))
+            audio_from = str(resolve_video(spec.video, _work_dir(job_id)))
     else:
         raise ConfigError("join needs plan or segments", 'give "join": {"plan": PLAN_DIR}')
     meta = splitmod.join(segments, out_dir, j.formats, audio_from)
-    uploads = upload_outputs(spec.upload, out_dir, meta["outputs"], str(job.get("id")))
+    uploads = upload_outputs(spec.upload, out_dir, meta["outputs"], job_id)
     return {"status": meta["status"], "run_dir": str(out_dir),
             "outputs": {fmt: str(out_dir / name) for fmt, name in meta["outputs"].items()},
             "uploads": uploads, "metadata": _summary(meta)}
 
 
+def job_id_of(job: dict[str, Any]) -> str:
+    """The job's id as one safe folder name (``.``/``..``/slashes would leave ``.jobs/``)."""
+    return safe_name(str(job.get("id", "local")), "job id")
+
+
 def handler(job: dict[str, Any]) -> dict[str, Any]:
     """The RunPod handler. User errors come back as ``{"error": ..., "error_type", "exit_code"}``."""
     try:
+        job_id_of(job)
         spec = parse_input(job.get("input"))
         if spec.action == "join":
             return do_join(job, spec)
@@ -626,9 +591,10 @@ def handler(job: dict[str, Any]) -> dict[str, Any]:
 
 def preload_from_env() -> None:
     """MATTEPOD_PRELOAD=1 builds the configured engine at worker start (config: MATTEPOD_CONFIG or defaults)."""
-    if os.environ.get("MATTEPOD_PRELOAD", "0") not in ("1", "true", "yes"):
+    env = settings.get()
+    if not env.preload:
         return
-    cfg = cfgmod.load(os.environ.get("MATTEPOD_CONFIG"))
+    cfg = cfgmod.load(env.config)
     t0 = time.monotonic()
     ENGINES.preload(cfg)
     log.info("preloaded engine %s in %.1fs", cfg.engine.name, time.monotonic() - t0)

@@ -32,6 +32,7 @@ from mattepod.media.probe import probe
 from mattepod.media.reader import read_frame
 from mattepod.media.writer import join_segments
 from mattepod.outputs import FORMATS
+from mattepod.paths import inside
 from mattepod.runfolder import CONFIG, METADATA, write_atomic
 
 log = logging.getLogger("mattepod.split")
@@ -192,7 +193,9 @@ def join(segment_dirs: list[Path], out_dir: Path, formats: list[str] | None = No
         missing = [str(d) for d, h in zip(segment_dirs, have) if fmt not in h]
         if missing:
             raise RunStateError(f"segments {missing} have no {fmt} output", "give every range the same outputs")
-        files = [d / m["outputs"][fmt] for d, m in zip(segment_dirs, metas)]
+        # a segment's metadata names files of its own folder; anything else is never read (or uploaded)
+        files = [inside(d / str(m["outputs"][fmt]), [d], f"segment {d.name} output {fmt}")
+                 for d, m in zip(segment_dirs, metas)]
         target = out_dir / files[0].name  # every range has the same input, so the same file names
         if audio_from:
             duration = total / float(probe(files[0]).fps) if total else None

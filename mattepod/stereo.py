@@ -729,15 +729,20 @@ class StereoEngine:
     # the engine hook of the run (mattepod/run.py): events out, a metadata.json section back
     def drain_events(self) -> list[dict[str, Any]]:
         """The consistency records since the last call, as run events of kind ``stereo_consistency``."""
-        return [{"kind": "stereo_consistency", **rec} for rec in self.drain_consistency()]
+        out = [{"kind": "stereo_consistency", **rec} for rec in self.drain_consistency()]
+        for eye, eng in enumerate(self.engines):  # the eyes' own events (matting size changes)
+            out += [{**ev, "eye": eye} for ev in getattr(eng, "drain_events", lambda: [])()]
+        return out
 
     def report(self, events: Callable[[str], list[dict[str, Any]]]) -> dict[str, Any]:
         """metadata.json ``stereo``: layout, running summary, the per-frame file and the flagged frames
         (of the forward pass, like the summary: it restarts at the prompt frame)."""
         recs = [r for r in events("stereo_consistency") if r.get("pass") != "backward"]
+        scale = events("scale_change")
         return {"stereo": {"layout": self.layout.to_dict(), "consistency": self.summary(),
                            "consistency_file": "stereo_consistency.jsonl",
-                           "flagged_frames": [r["frame"] for r in recs if r.get("flagged")]}}
+                           "flagged_frames": [r["frame"] for r in recs if r.get("flagged")]},
+                **({"scale_changes": scale} if scale else {})}
 
     def summary(self) -> dict[str, Any]:
         """Running totals for metadata.json: frames, flagged, iou_mean, iou_min, reprompts."""

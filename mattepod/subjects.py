@@ -337,6 +337,10 @@ class SubjectsEngine:
             engines = [first] + [factory() for _ in names[1:]]
         return cls(list(names), engines, exclusive, scale)
 
+    def reset(self) -> None:
+        """Every subject back to not started (its next mask starts it afresh)."""
+        self.started = [False] * len(self.names)
+
     # -------------------------------------------------------------- stepping
     def step(self, frame: np.ndarray, masks: Mapping[str, np.ndarray | None] | None = None) -> np.ndarray:
         """Alphas (S, H, W) of one frame. ``masks[name]`` (re-)anchors that subject on this frame (its

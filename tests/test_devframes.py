@@ -99,6 +99,16 @@ def test_every_output_format_renders_like_the_numpy_path(tmp_path):
         assert np.abs(got.astype(np.int64) - ref.astype(np.int64)).max() <= 1, fmt.name
 
 
+def test_16bit_samples_as_int16_bit_patterns():
+    """The CUDA form of 16-bit samples (int16 bit patterns) downloads as the same uint16 values."""
+    vals = torch.tensor([0, 1, 32767, 32768, 40000, 65535], dtype=torch.float32)
+    assert devframes.to_u16(vals, bit_pattern=True).dtype == torch.int16
+    assert np.array_equal(devframes.download(devframes.to_u16(vals, bit_pattern=True)),
+                          np.array([0, 1, 32767, 32768, 40000, 65535], np.uint16))
+    assert np.array_equal(devframes.download(devframes.to_u16(vals, bit_pattern=False)),
+                          devframes.download(devframes.to_u16(vals, bit_pattern=True)))
+
+
 def test_cache_reuses_a_device_copy_while_the_host_array_lives():
     """The bookkeeping of the non-CPU branch, on torch's "meta" device (no GPU here)."""
     cache = devframes.DeviceCache("meta")
@@ -148,3 +158,18 @@ def test_engine_alpha_equals_the_previous_adapter_path(tmp_path_factory, one_thr
         a = torch.nn.functional.interpolate(a[None, None], size=f.shape[:2], mode="bilinear",
                                             align_corners=False)[0, 0].clamp(0, 1).numpy()
         assert np.abs(got[i] - a).max() <= 1e-5
+
+
+def test_engine_takes_16bit_frames(tmp_path_factory, one_thread):
+    """uint16 frames (a 10-bit source) through MatAnyoneEngine: x*257 gives the uint8 frame's alphas."""
+    need_reference()
+    from mattepod.matting import build_engine
+
+    eng = build_engine(EngineConfig(device="cpu", precision="fp32", warmup=1), write_weights(tmp_path_factory))
+    frames = [read_rgb(p) for p in sorted((case_dir("tiny") / "frames").glob("*.png"))][:3]
+    mask = read_grey(case_dir("tiny") / "mask.png").astype(np.float32) / 255.0
+    a8 = [eng.start(frames[0], mask)] + [eng.step(f) for f in frames[1:]]
+    f16 = [f.astype(np.uint16) * 257 for f in frames]
+    a16 = [eng.start(f16[0], mask)] + [eng.step(f) for f in f16[1:]]
+    for x, y in zip(a8, a16):
+        assert np.abs(x - y).max() <= 1e-5

@@ -227,3 +227,16 @@ def test_clip_meter_means_include_the_first_dtssd():
     assert meter.per_frame[0]["dtssd"] == 0.0
     assert meter.mean()["dtssd"] == pytest.approx(sum(d) / 3, abs=1e-9)
     assert meter.mean()["mad"] == pytest.approx(np.mean([q.mad(p, g) for p, g in frames]), abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_conn_of_small_subjects_away_from_the_border(seed):
+    """Mattes that are 0 around a few soft blobs (the bounding-box path), equal-sized pieces included."""
+    rng = np.random.default_rng(seed)
+    gt = np.zeros((16, 18), np.float32)
+    pred = np.zeros_like(gt)
+    gt[4:9, 5:10] = rng.integers(0, 256, (5, 5)) / np.float32(255)
+    pred[5:10, 4:9] = rng.integers(0, 256, (5, 5)) / np.float32(255)
+    gt[11, 3] = gt[11, 14] = pred[11, 3] = pred[11, 14] = 1.0  # two single-pixel pieces of equal size
+    assert q.conn(pred, gt) == pytest.approx(ref_conn(pred, gt), abs=1e-9)
+    assert q.conn(gt, pred) == pytest.approx(ref_conn(gt, pred), abs=1e-9)

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from mattepod.errors import InputNotFoundError, InvalidMediaError
+from mattepod.media.exts import IMAGE_EXTS  # the one extension table
 from mattepod.media.tools import binary
 
 log = logging.getLogger("mattepod.probe")
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".exr"}
 DEFAULT_SEQUENCE_FPS = Fraction(24)
 
 

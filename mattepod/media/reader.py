@@ -6,6 +6,8 @@ Rotated phone videos come out upright (ffmpeg's autorotate). Variable-frame-rate
 
 from __future__ import annotations
 
+import logging
+import re
 import subprocess
 import threading
 from collections import deque
@@ -19,22 +21,59 @@ from mattepod.errors import InvalidMediaError
 from mattepod.media.probe import MediaInfo
 from mattepod.media.tools import binary
 
+log = logging.getLogger("mattepod.reader")
 
-def read_frames(info: MediaInfo, start: int = 0, count: int | None = None) -> Iterator[np.ndarray]:
-    """Yield RGB uint8 frames ``start .. start+count-1`` (count None = to the end)."""
+
+def source_bits(info: MediaInfo) -> int:
+    """Bits per sample of the source (8 for 8-bit or unknown; 10, 12, 16 from the pixel format)."""
+    m = re.search(r"(9|10|12|14|16)(le|be)$", info.pix_fmt or "")
+    if m:
+        return int(m.group(1))
+    return 16 if (info.pix_fmt or "").startswith(("rgb48", "rgba64", "gray16", "p016")) else (
+        10 if (info.pix_fmt or "").startswith(("p010", "x2rgb10", "x2bgr10")) else 8)
+
+
+def frame_depth(info: MediaInfo, engine: object, keyframes: bool = False) -> int:
+    """Bits of the frames a run decodes: 16 when the engine says ``accepts_16bit`` and the source has more
+    than 8 bits, else 8. Runs with keyframe prompts stay 8-bit (SAM 2 and the detector take uint8)."""
+    return 16 if getattr(engine, "accepts_16bit", False) and source_bits(info) > 8 and not keyframes else 8
+
+
+def read_frames(info: MediaInfo, start: int = 0, count: int | None = None, depth: int = 8,
+                decoder: str = "auto") -> Iterator[np.ndarray]:
+    """Yield RGB frames ``start .. start+count-1`` (count None = to the end): uint8, or uint16 with
+    ``depth=16`` (rgb48: a 10-bit source keeps its precision). ``decoder``: ``auto`` = NVDEC where
+    ffmpeg and the GPU decode this stream (``media.encoders.pick_decoder``), else the CPU; ``cpu``."""
     end = info.frame_count if count is None else min(info.frame_count, start + count)
     if start >= info.frame_count:
         raise InvalidMediaError(f"start frame {start} is beyond the end ({info.frame_count} frames)",
                                 "choose a smaller start frame")
     if info.kind == "images":
-        yield from _read_images(info, start, end)
-    else:
-        yield from _read_video(info, start, end)
+        for img in _read_images(info, start, end):
+            yield img if depth == 8 else img.astype(np.uint16) * 257
+        return
+    hw_decoder = None
+    if decoder == "auto":
+        from mattepod.media.encoders import pick_decoder
+
+        hw_decoder = pick_decoder(info.codec, info.width, info.height, info.pix_fmt)
+    got = 0
+    if hw_decoder is not None:
+        try:
+            for frame in _read_video(info, start, end, depth, hw_decoder):
+                got += 1
+                yield frame
+            return
+        except InvalidMediaError as exc:
+            # NVDEC refused the stream part way (a profile or level it lacks): the CPU takes over there.
+            log.warning("NVDEC (%s) stopped after %d frames (%s); decoding on the CPU from frame %d",
+                        hw_decoder, got, exc, start + got)
+    yield from _read_video(info, start + got, end, depth, None)
 
 
-def read_frame(info: MediaInfo, index: int) -> np.ndarray:
+def read_frame(info: MediaInfo, index: int, depth: int = 8) -> np.ndarray:
     """One frame (for prompts and previews): a seek, not a decode of everything before it."""
-    for frame in read_frames(info, index, 1):
+    for frame in read_frames(info, index, 1, depth=depth):
         return frame
     raise InvalidMediaError(f"frame {index} could not be decoded from {info.path}", "check the file")
 
@@ -51,8 +90,11 @@ def _read_images(info: MediaInfo, start: int, end: int) -> Iterator[np.ndarray]:
         yield cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def _read_video(info: MediaInfo, start: int, end: int) -> Iterator[np.ndarray]:
+def _read_video(info: MediaInfo, start: int, end: int, depth: int = 8,
+                hw_decoder: str | None = None) -> Iterator[np.ndarray]:
     cmd = [binary("ffmpeg"), "-nostdin", "-hide_banner", "-v", "error"]
+    if hw_decoder:
+        cmd += ["-c:v", hw_decoder]  # NVDEC; frames come back to system memory, converted below
     vf = []
     if start and not info.vfr:
         # Input seek lands on the keyframe before the target and decodes forward (accurate_seek): half a
@@ -63,8 +105,9 @@ def _read_video(info: MediaInfo, start: int, end: int) -> Iterator[np.ndarray]:
     cmd += ["-i", info.path, "-map", "0:v:0", "-an", "-sn", "-dn"]
     if vf:
         cmd += ["-vf", ",".join(vf)]
-    cmd += ["-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
-    frame_bytes = info.width * info.height * 3
+    pix, dtype, sample = ("rgb48le", np.dtype("<u2"), 2) if depth == 16 else ("rgb24", np.dtype(np.uint8), 1)
+    cmd += ["-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", pix, "pipe:1"]
+    frame_bytes = info.width * info.height * 3 * sample
     wanted = end - start
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=frame_bytes)
     got = 0
@@ -84,7 +127,7 @@ def _read_video(info: MediaInfo, start: int, end: int) -> Iterator[np.ndarray]:
                 drain.join()
                 break
             got += 1
-            yield np.frombuffer(buf, np.uint8).reshape(info.height, info.width, 3)
+            yield np.frombuffer(buf, dtype).reshape(info.height, info.width, 3)
     finally:
         # Also reached when the consumer stops early (generator closed): never wait on a writer we abandon.
         proc.kill()
