@@ -44,7 +44,8 @@ def check_alpha(alpha: np.ndarray, frame: np.ndarray) -> np.ndarray:
 
 
 class MaskFollowEngine:
-    """Weight-free engine: shifts the anchor mask with the frame's intensity centroid, softens its edge.
+    """Weight-free engine: each alpha blends the anchor mask with the previous alpha weighted by the frame's
+    brightness, then softens it vertically (a box filter of ``soften`` rows). It does not follow motion.
 
     Used for benchmarks of the plumbing, for tests, and as ``engine.name: mask`` when a user only wants the
     prompt mask carried through (for example to check a prompt before a long GPU run). It is stateful in the

@@ -123,11 +123,15 @@ def check_job_id(job_id: str) -> str:
 # ---------------------------------------------------------------- run folders ---------------------------------
 
 def create_run(cfg: configmod.Config, output_dir: str | Path, stem: str | None = None,
-               mask: "np.ndarray | None" = None) -> Path:
+               mask: "np.ndarray | None" = None, keyframe_masks: "dict[int, np.ndarray] | None" = None,
+               subjects: "list[dict] | None" = None,
+               subject_masks: "dict[tuple[str, int], np.ndarray] | None" = None) -> Path:
     """Make ``<output>/<stem>_<YYYYmmdd-HHMMSS>/`` (a suffix when taken), write config.yaml and job.json.
 
     ``mask`` (float (H, W) in [0, 1], e.g. SAM 2 + brush edits from the UI) is saved as the run's own
     ``prompt_mask.png`` and becomes ``prompt.mask``, so the job needs no SAM 2 and the run is repeatable.
+    ``keyframe_masks`` ({frame: mask}, corrections made on other frames) become ``keyframe_NNNNNN.png``
+    entries of ``prompt.keyframes`` the same way.
     """
     output_dir = Path(output_dir).resolve()
     run = new_run_dir(output_dir, paths.slug(stem or Path(cfg.input or "run").stem))  # the one naming
@@ -140,6 +144,28 @@ def create_run(cfg: configmod.Config, output_dir: str | Path, stem: str | None =
         png = run / "prompt_mask.png"
         cv2.imwrite(str(png), (np.clip(np.asarray(mask, np.float32), 0, 1) * 255).round().astype(np.uint8))
         data["prompt"].update(mask=str(png), points=[], box=None)
+    for frame, kmask in sorted((keyframe_masks or {}).items()):
+        import cv2
+        import numpy as np
+
+        png = run / f"keyframe_{int(frame):06d}.png"
+        cv2.imwrite(str(png), (np.clip(np.asarray(kmask, np.float32), 0, 1) * 255).round().astype(np.uint8))
+        data["prompt"]["keyframes"] = [k for k in data["prompt"].get("keyframes") or [] if k["frame"] != frame]
+        data["prompt"]["keyframes"].append({"frame": int(frame), "mask": str(png)})
+    if subjects:  # several subjects (#16): masks saved as subject_<name>_NNNNNN.png, like the prompt mask
+        import cv2
+        import numpy as np
+
+        subs = [dict(sub) for sub in subjects]
+        for (name, frame), smask in sorted((subject_masks or {}).items()):
+            png = run / f"subject_{name}_{int(frame):06d}.png"
+            cv2.imwrite(str(png), (np.clip(np.asarray(smask, np.float32), 0, 1) * 255).round().astype(np.uint8))
+            sub = next(s for s in subs if s["name"] == name)
+            if int(sub.get("frame") or 0) == int(frame):
+                sub.update(mask=str(png), points=[], box=None)
+            else:
+                sub["keyframes"] = [*sub.get("keyframes", []), {"frame": int(frame), "mask": str(png)}]
+        data["prompt"]["subjects"] = subs
     cfg = configmod.validate(data, "job config")
     (run / "config.yaml").write_text(configmod.dump(cfg))
     _write_json(run / JOB_FILE, {"status": QUEUED, "created": time.time(), "input": cfg.input,
@@ -231,6 +257,12 @@ class JobInfo:
     input: str | None = None
     created: float | None = None
     exit_code: int | None = None
+    started: float | None = None
+    finished: float | None = None
+    elapsed: float | None = None  # seconds running (so far, or in all when it ended)
+    cancelling: bool = False  # Cancel was pressed; the job is stopping at a frame boundary
+    resumable: bool = False  # interrupted/cancelled/failed with a run the CLI can --resume (or never started)
+    proxies: dict[str, str] = field(default_factory=dict)  # format -> browser-playable 8-bit H.264 preview
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -239,18 +271,48 @@ class JobInfo:
         return list(self.outputs.values()) + list(self.previews)
 
     def summary(self) -> str:
+        """One line: 'running · matting 4/79 frames · 2.35 fps · ETA 0:00:32 · 0:00:10 elapsed'."""
         if self.status == QUEUED:
             return f"queued (position {self.position})" if self.position else "queued"
-        if self.status == RUNNING and self.total:
-            bits = [f"{self.stage or 'running'} {self.frame or 0}/{self.total}"]
+        if self.status == RUNNING:
+            bits = ["cancelling" if self.cancelling else "running"]
+            if self.total:
+                bits.append(f"{self.stage or 'matting'} {self.frame or 0}/{self.total} frames")
+            elif not self.cancelling:
+                bits.append("starting")
             if self.fps:
-                bits.append(f"{self.fps:.1f} fps")
-            if self.eta is not None:
-                bits.append(f"ETA {self.eta:.0f}s")
-            return ", ".join(bits)
+                bits.append(f"{fmt_fps(self.fps)} fps")
+            if self.eta is not None and not self.cancelling:
+                bits.append(f"ETA {fmt_duration(self.eta)}")
+            if self.elapsed is not None:
+                bits.append(f"{fmt_duration(self.elapsed)} elapsed")
+            return " · ".join(bits)
+        tail = f" · {fmt_duration(self.elapsed)}" if self.elapsed is not None else ""
         if self.error and self.status in (FAILED, INTERRUPTED):
-            return f"{self.status}: {self.error.get('message', '')}"
-        return self.status
+            return f"{self.status}: {self.error.get('message', '')}{tail}"
+        if self.status in (CANCELLED, INTERRUPTED) and self.total:
+            return f"{self.status} at {self.frame or 0}/{self.total} frames{tail}"
+        return f"{self.status}{tail}"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """h:mm:ss (2099 -> '0:34:59')."""
+    if seconds is None:
+        return "?"
+    s = max(0, int(round(float(seconds))))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def fmt_fps(fps: float) -> str:
+    """Three significant digits, so a slow CPU job reads 0.0412 fps rather than 0.0."""
+    fps = float(fps)
+    if fps >= 100:
+        return f"{fps:.0f}"
+    if fps >= 10:
+        return f"{fps:.1f}"
+    if fps >= 1:
+        return f"{fps:.2f}"
+    return f"{fps:.3g}"
 
 
 def _files_in(run: Path, names: Iterable[str]) -> list[Path]:
@@ -296,7 +358,7 @@ def read_job(run: Path, live_status: str | None = None, position: int | None = N
     error = job.get("error") or meta.get("error") or (done or {}).get("error")
     if status == INTERRUPTED and not error:
         error = {"type": "Interrupted", "exit_code": None,
-                 "message": "the job stopped without finishing (app or pod restarted?); " + resume_hint(run)}
+                 "message": "the job stopped without finishing (app or pod restarted?): press Resume, or " + resume_hint(run)}
     if error is not None and not isinstance(error, dict):
         error = {"type": "Error", "message": str(error), "exit_code": job.get("exit_code")}
 
@@ -313,13 +375,27 @@ def read_job(run: Path, live_status: str | None = None, position: int | None = N
 
     frames = meta.get("frames") or {}
     p = progress or {}
+    started, finished = job.get("started"), job.get("finished")
+    elapsed = None
+    if started:
+        end = finished if (finished and status in FINAL) else (time.time() if status == RUNNING else finished)
+        elapsed = max(0.0, float(end) - float(started)) if end else None
+    proxies = {}
+    for fmt, name in ((meta.get("proxies") or {}).items() if isinstance(meta.get("proxies"), dict) else []):
+        found = _files_in(run, [name])
+        if found:
+            proxies[str(fmt)] = str(found[0])
+    resumable = status in (INTERRUPTED, CANCELLED, FAILED) and (run / "config.yaml").is_file() and (
+        not (run / "metadata.json").exists() or meta.get("status") != COMPLETED)
     return JobInfo(
         id=run.name, run_dir=str(run), status=status, position=position if status == QUEUED else None,
         frame=p.get("frame", frames.get("done")), total=p.get("total", frames.get("total")),
         fps=p.get("fps"), eta=p.get("eta"), stage=p.get("stage"), error=error,
         outputs=outputs, previews=previews, input=job.get("input") or (meta.get("input") or {}).get("path"),
         created=job.get("created") or (run.stat().st_mtime if run.exists() else None),
-        exit_code=job.get("exit_code"))
+        exit_code=job.get("exit_code"), started=started, finished=finished, elapsed=elapsed,
+        cancelling=bool(job.get("cancel_requested")) and status == RUNNING, resumable=resumable,
+        proxies=proxies)
 
 
 # ---------------------------------------------------------------- manager -------------------------------------
@@ -343,11 +419,13 @@ class JobManager:
 
     def __init__(self, output_dir: str | Path, max_running: int | None = None,
                  command: Callable[[Path], list[str]] | None = None, env: dict[str, str] | None = None,
-                 kill_grace: float = 10.0, poll: float = 0.25, recover: bool = True):
+                 kill_grace: float = 10.0, poll: float = 0.25, recover: bool = True,
+                 resume_command: Callable[[Path], list[str]] | None = None):
         self.output_dir = Path(output_dir).resolve()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.max_running = max_running or settings.get().max_jobs
         self.command = command or default_command
+        self.resume_command = resume_command or default_resume_command
         self.env = env
         self.kill_grace = kill_grace
         self.poll = poll
@@ -407,8 +485,10 @@ class JobManager:
                 continue
         return sorted(infos, key=lambda j: j.created or 0, reverse=True)
 
-    def cancel(self, job_id: str) -> JobInfo:
-        """Stop a job: dequeue it, or SIGTERM its process group (SIGKILL after ``kill_grace`` seconds)."""
+    def cancel(self, job_id: str, wait: bool = True) -> JobInfo:
+        """Stop a job: dequeue it, or SIGTERM its process group -- the run stops at a frame boundary and stays
+        resumable -- escalating to SIGKILL after ``kill_grace`` seconds. ``wait=False`` returns at once with
+        the job marked ``cancelling`` (the page shows that while the job winds down)."""
         run = self.run_path(job_id)
         with self._lock:
             live = self._live.get(run.name)
@@ -418,6 +498,14 @@ class JobManager:
             if info.status in (QUEUED, RUNNING):  # left by an earlier app process
                 pid = _read_json(run / JOB_FILE).get("pid")
                 if info.status == RUNNING and _pid_alive_for(pid, run):
+                    _update_job_file(run, cancel_requested=time.time())
+                    if not wait:
+                        def stop_orphan() -> None:
+                            _kill_group(pid, self.kill_grace)
+                            _update_job_file(run, status=CANCELLED, finished=time.time())
+
+                        threading.Thread(target=stop_orphan, name=f"cancel-{run.name}", daemon=True).start()
+                        return read_job(run)
                     _kill_group(pid, self.kill_grace)
                 _update_job_file(run, status=CANCELLED, finished=time.time())
             return read_job(run)
@@ -430,10 +518,73 @@ class JobManager:
                 self._lock.notify_all()
                 return read_job(run)
             pid = live.pid
+        _update_job_file(run, cancel_requested=time.time())
         if pid:
-            _kill_group(pid, self.kill_grace)
-        live.finished.wait(self.kill_grace + 5)
+            if wait:
+                _kill_group(pid, self.kill_grace)
+            else:
+                threading.Thread(target=_kill_group, args=(pid, self.kill_grace), name=f"cancel-{run.name}",
+                                 daemon=True).start()
+        if wait:
+            live.finished.wait(self.kill_grace + 5)
         return self.status(run.name)
+
+    def resume(self, job_id: str) -> JobInfo:
+        """Queue an interrupted, cancelled or failed job again: the CLI's ``run --resume RUN_DIR`` continues
+        from its last checkpoint (a job that never started is simply run)."""
+        run = self.run_path(job_id)
+        with self._lock:
+            live = self._live.get(run.name)
+            if live is not None and not live.finished.is_set():
+                raise RunStateError(f"job {run.name} is still {read_job(run).status}", "wait for it or cancel it")
+            info = read_job(run)
+            if not info.resumable:
+                raise RunStateError(f"job {run.name} is {info.status} and cannot be resumed",
+                                    "start a new run instead")
+            started_before = (run / "metadata.json").exists()
+            _update_job_file(run, status=QUEUED, resume=started_before, pid=None, exit_code=None, error=None,
+                             cancel_requested=None, finished=None, queued=time.time())
+            self._live[run.name] = _Live(run)
+            self._queue.append(run.name)
+            self._lock.notify_all()
+        return self.status(run.name)
+
+    def delete(self, job_id: str) -> None:
+        """Remove a finished job's run folder (never one that is queued or running)."""
+        import shutil
+
+        run = self.run_path(job_id)
+        with self._lock:
+            live = self._live.get(run.name)
+            if live is not None and not live.finished.is_set():
+                raise RunStateError(f"job {run.name} is still {read_job(run).status}", "cancel it first")
+            if read_job(run).status in (QUEUED, RUNNING):
+                raise RunStateError(f"job {run.name} is still running", "cancel it first")
+            self._live.pop(run.name, None)
+        if run == self.output_dir or self.output_dir not in run.parents:  # never the volume itself
+            raise RunStateError(f"{job_id!r} is not a job folder", "use an id listed by list_jobs")
+        shutil.rmtree(run)
+
+    def zip_outputs(self, job_id: str) -> Path:
+        """``<run>/<id>.zip`` with the outputs, previews, config and metadata (rebuilt when they changed)."""
+        import zipfile
+
+        run = self.run_path(job_id)
+        info = read_job(run)
+        members = [Path(p) for p in info.files()]
+        members += [run / n for n in ("config.yaml", "metadata.json", "prompt_mask.png") if (run / n).is_file()]
+        if not info.outputs:
+            raise RunStateError(f"job {run.name} has no outputs yet", "wait until it has completed")
+        dest = run / f"{run.name}.zip"
+        newest = max(p.stat().st_mtime for p in members)
+        if dest.is_file() and dest.stat().st_mtime >= newest:
+            return dest
+        tmp = dest.with_suffix(".zip.tmp")
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:  # videos do not deflate
+            for p in members:
+                zf.write(p, p.relative_to(run).as_posix())
+        os.replace(tmp, dest)
+        return dest
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobInfo:
         with self._lock:
@@ -489,7 +640,7 @@ class JobManager:
 
     def _execute(self, live: _Live) -> None:
         run = live.run
-        argv = self.command(run)
+        argv = self.resume_command(run) if _read_json(run / JOB_FILE).get("resume") else self.command(run)
         env = dict(os.environ if self.env is None else self.env)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -547,6 +698,13 @@ def default_command(run: Path) -> list[str]:
     script = settings.get().job_script or str(DEFAULT_SCRIPT)
     entry = [script] if Path(script).is_file() else ["-m", "mattepod", "run"]
     return [sys.executable, *entry, str(run / "config.yaml"), "--run-dir", str(run), "--progress-json"]
+
+
+def default_resume_command(run: Path) -> list[str]:
+    """The CLI's own resume: ``run --resume RUN_DIR`` continues from the run's last checkpoint."""
+    script = os.environ.get("MATTEPOD_JOB_SCRIPT") or str(DEFAULT_SCRIPT)
+    entry = [script] if Path(script).is_file() else ["-m", "mattepod", "run"]
+    return [sys.executable, *entry, "--resume", str(run), "--progress-json"]
 
 
 def _kill_group(pid: int, grace: float) -> None:

@@ -48,18 +48,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"engine.device {name!r} is not a device", "use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"engine.device {name} requested but no CUDA GPU is available",
-                          "use engine.device: auto or cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"engine.device {name} is not supported", "use auto, cpu, cuda or cuda:N")
-    return dev
+    from mattepod.device import resolve  # the one device resolver
+
+    return torch.device(resolve(name))
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -153,8 +144,14 @@ class MatAnyoneEngine:
         return out
 
     def report(self, events) -> dict[str, Any]:
-        """metadata.json ``scale_changes``: every change of the matting size (frame, old, new, reason)."""
-        return scale_report(events)
+        """metadata.json ``scale_changes`` (every change of the matting size: frame, old, new, reason) and
+        ``matting_size``, the size in force at the end (also when the first choice was made on a backward
+        pass, whose start the run does not record)."""
+        out = scale_report(events)
+        if self.internal_hw is not None:
+            out["matting_size"] = {"frame": list(self.frame_hw), "internal": list(self.internal_hw),
+                                   "scale": self.scale}
+        return out
 
     def reanchor_mask(self) -> np.ndarray:
         """The last alpha at frame size (from the core's state, so also right after a resume)."""

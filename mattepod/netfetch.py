@@ -179,6 +179,23 @@ def fetch(url: str, dest: Path, limit: int, what: str, timeout: float = 60.0) ->
     return dest
 
 
+def check_url(url: str, what: str) -> str:
+    """``url`` if it is http(s) and every address its host resolves to is allowed; for clients we do not drive
+    ourselves (boto3 for ``upload.bucket``), so at least the endpoint a job names is not an internal one."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise FetchError(f"{what}: only http(s) URLs are used", "give an https:// endpoint")
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        log.warning("%s: %s does not resolve: %s", what, parts.hostname, exc)
+        raise neutral(what) from None
+    if not infos or not all(address_allowed(i[4][0]) for i in infos):
+        log.warning("%s: %s resolves to a non-public address", what, parts.hostname)
+        raise neutral(what)
+    return url
+
+
 def put(url: str, path: Path, what: str, timeout: float = 600.0) -> int:
     """PUT the file at ``path`` to ``url`` (a presigned upload URL); the HTTP status, or a neutral error."""
     if not is_url(url):

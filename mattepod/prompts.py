@@ -5,8 +5,8 @@ with a :class:`PromptSpec`. Everything a user can get wrong here (clicks outside
 wrong shape, a mask that is empty or covers the whole frame, nobody found) is a :class:`MaskError` naming the
 value, raised before any matting starts.
 
-Coordinates are pixels of the *source* frame (or 0..1 with ``normalized``). When the pipeline prompts on a
-scaled frame it passes ``source_size`` and the coordinates and mask files are mapped to the frame it gave.
+Coordinates are pixels of the frame (or 0..1 with ``normalized``); the run prompts on the full-size source
+frame (``scale`` only shrinks what the engine sees), so clicks, boxes and mask files are in source pixels.
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ import numpy as np
 
 from mattepod.config import Keyframe, PromptConfig
 from mattepod.detect import Detection, get_detector, select_people
-from mattepod.errors import ConfigError, InputNotFoundError, MaskError
+from mattepod.errors import InputNotFoundError, MaskError
 from mattepod.sam import Sam2Prompter, get_prompter
 
-__all__ = ["PromptSpec", "PromptResult", "Sam2Prompter", "specs_from_config", "auto_spec", "check_frames",
-           "parse_points", "parse_box", "load_mask_file",
-           "edit_mask", "check_coverage", "resolve_prompt", "draw_preview", "save_preview"]
+__all__ = ["PromptSpec", "PromptResult", "Sam2Prompter", "specs_from_config", "auto_spec", "load_mask_file",
+           "edit_mask", "check_coverage", "resolve_prompt", "draw_preview"]
 
 log = logging.getLogger(__name__)
 
@@ -108,48 +107,6 @@ def _keyframe_spec(kf: Keyframe, cfg: PromptConfig) -> PromptSpec:
                       box=tuple(kf.box) if kf.box is not None else None, mask=kf.mask,
                       normalized=cfg.normalized, auto_person=kf.auto_person, keyframe=True,
                       **_person_fields(cfg))
-
-
-def check_frames(specs: Sequence[PromptSpec], total_frames: int) -> None:
-    """MaskError when a prompt or keyframe lies beyond the frames being processed (known after probing)."""
-    for spec in specs:
-        if spec.frame >= total_frames:
-            what = "keyframe" if spec.keyframe else "prompt frame"
-            raise MaskError(f"{what} {spec.frame} is beyond the last frame {total_frames - 1} "
-                            f"({total_frames} frames after start_frame/max_frames)",
-                            "give a frame index from 0 to the last frame")
-
-
-def parse_points(text: str) -> list[tuple[float, float, int]]:
-    """``"x,y,label;x,y,label"`` (label optional, default 1) -> clicks; the CLI/script/worker format."""
-    points = []
-    for i, part in enumerate(p for p in text.replace(" ", "").split(";") if p):
-        fields = part.split(",")
-        try:
-            if len(fields) not in (2, 3):
-                raise ValueError
-            x, y = float(fields[0]), float(fields[1])
-            label = int(fields[2]) if len(fields) == 3 else 1
-        except ValueError:
-            raise ConfigError(f"--points: click {i + 1} {part!r} is not x,y or x,y,label",
-                              'write --points "640,360,1;100,80,0"') from None
-        if label not in (0, 1):
-            raise ConfigError(f"--points: click {i + 1} {part!r} has label {label}", "labels are 1 or 0")
-        points.append((x, y, label))
-    if not points:
-        raise ConfigError(f"--points {text!r} holds no click", 'write --points "640,360,1"')
-    return points
-
-
-def parse_box(text: str) -> tuple[float, float, float, float]:
-    """``"x0,y0,x1,y1"`` -> a box; the CLI/script/worker format."""
-    try:
-        values = tuple(float(v) for v in text.replace(" ", "").split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 4:
-        raise ConfigError(f"--box {text!r} is not x0,y0,x1,y1", "write --box 100,50,500,700")
-    return values  # type: ignore[return-value]
 
 
 def auto_spec(cfg: PromptConfig, frame: int) -> PromptSpec:
@@ -236,15 +193,6 @@ def _fit(mask: np.ndarray, size: tuple[int, int], name: str) -> np.ndarray:
     return np.clip(cv2.resize(mask.astype(np.float32), (w, h), interpolation=interp), 0.0, 1.0)
 
 
-def _to_frame(mask: np.ndarray, frame_wh: tuple[int, int]) -> np.ndarray:
-    """Source-size mask -> the (scaled) frame the pipeline prompts on; no warning, this is expected."""
-    import cv2
-
-    if mask.shape[::-1] == tuple(frame_wh):
-        return mask
-    return np.clip(cv2.resize(mask, tuple(frame_wh), interpolation=cv2.INTER_AREA), 0.0, 1.0)
-
-
 def _disk(radius: int) -> np.ndarray:
     import cv2
 
@@ -296,13 +244,12 @@ def check_coverage(mask: np.ndarray, frame_index: int, source: str) -> float:
 # -------------------------------------------------------------------------------------------- resolution
 
 
-def _to_pixels(spec: PromptSpec, frame_wh: tuple[int, int], source_wh: tuple[int, int]):
-    """Validate clicks and box against the source frame; return them in pixels of the frame given."""
+def _to_pixels(spec: PromptSpec, frame_wh: tuple[int, int]):
+    """Validate clicks and box against the frame; return them in its pixels (normalized ones scaled)."""
     fw, fh = frame_wh
-    sw, sh = source_wh
-    lim_w, lim_h = (1.0, 1.0) if spec.normalized else (float(sw), float(sh))
-    unit = " (normalized)" if spec.normalized else f" (frame is {sw}x{sh})"
-    sx, sy = (fw, fh) if spec.normalized else (fw / sw, fh / sh)
+    lim_w, lim_h = (1.0, 1.0) if spec.normalized else (float(fw), float(fh))
+    unit = " (normalized)" if spec.normalized else f" (frame is {fw}x{fh})"
+    sx, sy = (fw, fh) if spec.normalized else (1.0, 1.0)
     points = []
     for i, pt in enumerate(spec.points):
         if len(pt) != 3:
@@ -336,20 +283,17 @@ def resolve_prompt(
     prompter: Sam2Prompter | None = None,
     sam2_model: str = "base_plus",
     device: str = "cpu",
-    source_size: tuple[int, int] | None = None,
     detector=None,
 ) -> PromptResult:
     """The mask (and its preview) of ``spec`` on ``frame_rgb``.
 
-    ``source_size`` (W, H) is the size the spec's pixel coordinates and mask files refer to, when the frame
-    given is a scaled copy (``scale`` < 1); default: the frame's own size. ``prompter``/``detector`` let the
-    UI and the pipeline share loaded models; without them the process-wide cached ones are used.
+    ``prompter``/``detector`` let the UI and the pipeline share loaded models; without them the process-wide
+    cached ones are used.
     """
     if frame_rgb.ndim != 3 or frame_rgb.shape[2] != 3 or frame_rgb.dtype != np.uint8:
         raise MaskError(f"frame must be uint8 RGB (H, W, 3), got {frame_rgb.dtype} {frame_rgb.shape}",
                         "pass the decoded RGB frame")
     fh, fw = frame_rgb.shape[:2]
-    sw, sh = source_size or (fw, fh)
     kind = spec.kind
     if kind == "none":
         raise MaskError(f"no prompt for frame {spec.frame}",
@@ -361,10 +305,10 @@ def resolve_prompt(
         raise MaskError(f"frame {spec.frame} has both auto_person and clicks/box",
                         "drop auto_person to use the clicks, or drop the clicks")
 
-    points, box = _to_pixels(spec, (fw, fh), (sw, sh))
+    points, box = _to_pixels(spec, (fw, fh))
     boxes: list[tuple[float, float, float, float]] = [box] if box is not None else []
     if spec.mask:
-        mask = _to_frame(load_mask_file(spec.mask, (sw, sh)), (fw, fh))
+        mask = load_mask_file(spec.mask, (fw, fh))
         source = spec.mask
     else:
         if prompter is None:
@@ -377,11 +321,9 @@ def resolve_prompt(
             mask = prompter.mask_for(frame_rgb, points=points, box=box)
             source = kind
     if spec.mask_add or spec.mask_subtract or spec.dilate or spec.erode:
-        adds = [_to_frame(load_mask_file(p, (sw, sh)), (fw, fh)) for p in spec.mask_add]
-        subs = [_to_frame(load_mask_file(p, (sw, sh)), (fw, fh)) for p in spec.mask_subtract]
-        # dilate/erode are in source pixels; scale them with the frame
-        k = fw / sw
-        mask = edit_mask(mask, adds, subs, round(spec.dilate * k), round(spec.erode * k))
+        adds = [load_mask_file(p, (fw, fh)) for p in spec.mask_add]
+        subs = [load_mask_file(p, (fw, fh)) for p in spec.mask_subtract]
+        mask = edit_mask(mask, adds, subs, spec.dilate, spec.erode)
     check_coverage(mask, spec.frame, source)
     return PromptResult(mask, draw_preview(frame_rgb, mask, points, boxes), boxes)
 
@@ -433,14 +375,3 @@ def draw_preview(frame_rgb: np.ndarray, mask: np.ndarray, points: Sequence[tuple
         cv2.circle(out, centre, radius + thick, (255, 255, 255), -1)
         cv2.circle(out, centre, radius, POSITIVE if label == 1 else NEGATIVE, -1)
     return out
-
-
-def save_preview(path: str | Path, preview_rgb: np.ndarray) -> Path:
-    """Write a preview PNG (RGB array) and return its path."""
-    import cv2
-
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(p), cv2.cvtColor(preview_rgb, cv2.COLOR_RGB2BGR)):
-        raise MaskError(f"could not write preview {p}", "check that the run folder is writable")
-    return p

@@ -82,9 +82,10 @@ class RunOptions:
 def finish_hooks(run: "Run") -> list[tuple[str, FinishHook]]:
     """The finish steps of a run, in order, as (name, hook). Later features add one line here
     (browser proxies, quality against ``--gt``); callers add their own through ``RunOptions.finish_hooks``."""
-    from mattepod import quality
+    from mattepod import proxies, quality
 
     hooks: list[tuple[str, FinishHook]] = [("quality", quality.finish_hook)]  # issue 17: quality.gt -> quality.json
+    hooks.append(("proxies", proxies.finish_hook))  # issue 13: browser-playable previews for the web page
     return hooks + list(run.opts.finish_hooks)
 
 
@@ -270,11 +271,9 @@ def make_engine(cfg: Config, info: MediaInfo, factory: Callable[[Config], Engine
 
 
 def device(cfg: Config) -> str:
-    if cfg.engine.device != "auto":
-        return cfg.engine.device
-    import torch
+    from mattepod.device import resolve  # the one device resolver
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve(cfg.engine.device)
 
 
 # ---- engine events -------------------------------------------------------------------------------------

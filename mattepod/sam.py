@@ -5,8 +5,12 @@ Why a module of its own: ``sam2`` has three traps that every caller would otherw
   itself (or imports sam2 second) then fails with "GlobalHydra is already initialized". We import it lazily,
   undo that global initialisation, and compose the model config inside a private Hydra context.
 - The builders default to ``device="cuda"``; we always pass the device explicitly.
-- The image encoder is the slow part (a 1024x1024 forward); the UI asks for a mask on every click, so the
-  embedding of the last frame is kept and reused while the frame is unchanged.
+- The image encoder is the slow part (a 1024x1024 forward: ~1 s for tiny, ~30 s for base_plus on a CPU); the
+  UI asks for a mask on every click, so the embeddings of the last few frames are kept and reused, frames are
+  embedded in the background as soon as they are shown (:meth:`Sam2Prompter.request`), and a frame the user
+  has already left is never embedded (only the latest request waits). A click on an embedded frame only runs
+  the mask decoder (bench/sam_click.py).
+- The default size depends on the device (:func:`default_size`): tiny on a CPU, base_plus on a GPU.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import hashlib
 import logging
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,12 +39,34 @@ _MODELS: dict[tuple[str, str, str], Any] = {}
 
 
 def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; anything else is passed to torch as given."""
-    if device == "auto":
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; others checked (``mattepod.device.resolve``)."""
+    from mattepod.device import resolve
+
+    return resolve(device)
+
+
+def default_size(device: str) -> str:
+    """The SAM 2 size the page starts with: tiny on a CPU (a click must feel instant), base_plus on a GPU."""
+    if device in ("auto", "", None):
+        try:
+            device = resolve_device("auto")
+        except Exception:  # noqa: BLE001 - an unusable device is reported where it is used
+            return "tiny"
+    return "base_plus" if str(device).startswith("cuda") else "tiny"
+
+
+def check_device(device: str) -> str:
+    """The torch device for ``device``; an error naming the device (never the weights) when it is absent."""
+    dev = resolve_device(device)  # ConfigError for a malformed name or no CUDA at all
+    if dev.startswith("cuda"):
         import torch
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+        n = torch.cuda.device_count()
+        idx = int(dev.split(":")[1]) if ":" in dev and dev.split(":")[1].isdigit() else 0
+        if idx >= n:
+            raise MaskError(f"engine.device {device} is not available (this machine has {n} CUDA device(s))",
+                            "set engine.device to auto, cpu" + (f" or cuda:0..cuda:{n - 1}" if n else ""))
+    return dev
 
 
 def _import_sam2() -> None:
@@ -92,7 +119,7 @@ def checkpoint_path(size: str, weights_dir: str | Path) -> tuple[Path, str]:
 
 def load_model(size: str, weights_dir: str | Path, device: str = "cpu") -> Any:
     """The SAM 2.1 model for ``size``, built by sam2's own loader; cached so each is loaded once per process."""
-    device = resolve_device(device)
+    device = check_device(device)
     ckpt, config = checkpoint_path(size, weights_dir)
     key = (size, str(ckpt.resolve()), device)
     with _LOCK:
@@ -126,13 +153,14 @@ def _frame_key(frame: np.ndarray) -> tuple:
 
 
 class Sam2Prompter:
-    """Clicks and boxes -> a binary mask at the frame's size, reusing the last frame's image embedding.
+    """Clicks and boxes -> a binary mask at the frame's size, reusing the embeddings of recent frames.
 
     Coordinates given to :meth:`mask_for` are pixels of the frame passed in (or 0..1 with ``normalized``);
     the sam2 predictor maps them to its 1024-pixel input itself.
     """
 
-    def __init__(self, size: str = "base_plus", weights_dir: str | Path = "weights", device: str = "cpu"):
+    def __init__(self, size: str = "base_plus", weights_dir: str | Path = "weights", device: str = "cpu",
+                 keep: int = 4):
         _import_sam2()
         from sam2.sam2_image_predictor import SAM2ImagePredictor
 
@@ -143,24 +171,99 @@ class Sam2Prompter:
             self.predictor = SAM2ImagePredictor(self.model)
         self._key: tuple | None = None
         self._lock = threading.RLock()  # the predictor holds one image: one caller at a time (UI callbacks)
+        self._keep = keep
+        self._cache: OrderedDict[tuple, tuple[Any, Any]] = OrderedDict()  # key -> (features, orig_hw)
+        self._wanted: tuple[tuple, np.ndarray] | None = None  # the latest background request (older: dropped)
+        self._busy: tuple | None = None  # the key being embedded right now
+        self._wake = threading.Condition()
+        self._worker: threading.Thread | None = None
         self.embed_count = 0  # how many times the image encoder ran (the cache is tested through it)
+        self.dropped = 0  # background requests replaced before they started (stale frames never embedded)
 
-    def set_frame(self, frame: np.ndarray) -> None:
-        """Embed ``frame`` unless it is the frame embedded last (compared by content, not identity)."""
+    @staticmethod
+    def _check(frame: np.ndarray) -> None:
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise MaskError(f"frame must be uint8 RGB (H, W, 3), got {frame.dtype} {frame.shape}",
                             "pass the decoded RGB frame")
+
+    def set_frame(self, frame: np.ndarray) -> None:
+        """Make ``frame`` the predictor's image: from the cache when it was embedded (compared by content)."""
+        self._check(frame)
         key = _frame_key(frame)
         with self._lock:
             if key == self._key:
                 return
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                p = self.predictor
+                p._features, p._orig_hw = cached
+                p._is_image_set, p._is_batch = True, False
+                self._key = key
+                return
             import torch
 
             self._key = None
-            with torch.inference_mode(), _quiet():
-                self.predictor.set_image(frame)
+            with self._wake:
+                self._busy = key
+            try:
+                with torch.inference_mode(), _quiet():
+                    self.predictor.set_image(np.ascontiguousarray(frame))
+            finally:
+                with self._wake:
+                    self._busy = None
+                    self._wake.notify_all()
             self._key = key
+            self._cache[key] = (self.predictor._features, self.predictor._orig_hw)
+            while len(self._cache) > self._keep:
+                self._cache.popitem(last=False)
             self.embed_count += 1
+
+    def state(self, frame: np.ndarray) -> str:
+        """'ready' (embedded: a click costs only the decoder), 'embedding' (the encoder runs on it now),
+        'waiting' (asked for, not started) or 'idle' (never asked for)."""
+        key = _frame_key(frame)
+        with self._wake:
+            if key in self._cache:
+                return "ready"
+            if self._busy == key:
+                return "embedding"
+            if self._wanted is not None and self._wanted[0] == key:
+                return "waiting"
+        return "idle"
+
+    def request(self, frame: np.ndarray) -> None:
+        """Embed ``frame`` in the background. Only the latest request is kept: a frame the user has already
+        left is dropped before it starts (one running embedding cannot be interrupted, so it finishes)."""
+        self._check(frame)
+        key = _frame_key(frame)
+        with self._wake:
+            if key in self._cache or self._busy == key:
+                return
+            if self._wanted is not None and self._wanted[0] != key:
+                self.dropped += 1
+            self._wanted = (key, np.array(frame, dtype=np.uint8, order="C"))
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._work, name=f"sam2-embed-{self.size}", daemon=True)
+                self._worker.start()
+            self._wake.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            with self._wake:
+                if self._wanted is None:
+                    self._wake.wait(timeout=30)
+                    if self._wanted is None:
+                        self._worker = None
+                        return
+                    continue
+                _key, frame = self._wanted
+                self._wanted = None
+            try:
+                with self._lock:
+                    self.set_frame(frame)
+            except Exception as exc:  # noqa: BLE001 - a failed prefetch only costs the click its speed
+                log.warning("SAM 2 background embedding failed: %s", exc)
 
     def mask_for(
         self,
@@ -191,6 +294,9 @@ class Sam2Prompter:
 
         union = np.zeros((h, w), dtype=bool)
         box_list: list[np.ndarray | None] = list(boxes) if boxes is not None else [None]
+        with self._wake:
+            if self._wanted is not None and self._wanted[0] == _frame_key(frame):
+                self._wanted = None  # embedded right here, not again by the worker
         with self._lock:  # embedding and prediction together: another thread must not swap the frame
             self.set_frame(frame)
             for one_box in box_list:
@@ -210,6 +316,10 @@ _PROMPTERS: dict[tuple[str, str, str], Sam2Prompter] = {}
 def get_prompter(size: str, weights_dir: str | Path, device: str = "cpu") -> Sam2Prompter:
     """One prompter per (size, folder, device) in the process: the UI and the pipeline share its embedding."""
     key = (size, str(Path(weights_dir).resolve()), resolve_device(device))
-    if key not in _PROMPTERS:
-        _PROMPTERS[key] = Sam2Prompter(size, weights_dir, device)
-    return _PROMPTERS[key]
+    with _PROMPTERS_LOCK:
+        if key not in _PROMPTERS:
+            _PROMPTERS[key] = Sam2Prompter(size, weights_dir, device)
+        return _PROMPTERS[key]
+
+
+_PROMPTERS_LOCK = threading.Lock()

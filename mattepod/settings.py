@@ -41,13 +41,23 @@ class Settings(BaseModel):
                                            "server), or a comma list of networks allowed, e.g. 10.0.0.0/8")
     progress_interval: float = Field(2.0, ge=0, alias="MATTEPOD_PROGRESS_INTERVAL",
                                      description="seconds between serverless progress updates")
-    engine_cache: int = Field(2, ge=1, alias="MATTEPOD_ENGINE_CACHE",
+    engine_cache: int = Field(2, ge=0, alias="MATTEPOD_ENGINE_CACHE",
                               description="engine configs kept loaded per serverless worker")
     preload: bool = Field(False, alias="MATTEPOD_PRELOAD", description="load the engine at worker start")
     config: str | None = Field(None, alias="MATTEPOD_CONFIG", description="base generate.yaml of the app/worker")
     max_jobs: int = Field(1, ge=1, alias="MATTEPOD_MAX_JOBS", description="app jobs running at once")
     job_script: str | None = Field(None, alias="MATTEPOD_JOB_SCRIPT", description="the app's job entry point")
     run_cmd: str | None = Field(None, alias="MATTEPOD_RUN_CMD", description="batch: the `mattepod run` command")
+    # the web app (app/): read here so the page and the jobs agree on one typed view of the environment
+    gradio_server_name: str = Field("0.0.0.0", alias="GRADIO_SERVER_NAME", description="interface the app listens on")
+    gradio_server_port: int = Field(7860, ge=1, le=65535, alias="GRADIO_SERVER_PORT", description="the app's port")
+    gradio_root_path: str | None = Field(None, alias="GRADIO_ROOT_PATH", description="public path prefix")
+    gradio_max_file_size: str = Field("20gb", alias="GRADIO_MAX_FILE_SIZE", description="largest upload")
+    gradio_username: str | None = Field(None, alias="GRADIO_USERNAME", description="log-in user")
+    gradio_password: str | None = Field(None, alias="GRADIO_PASSWORD", repr=False, description="log-in password")
+    app_password: str | None = Field(None, alias="APP_PASSWORD", repr=False,
+                                     description="log-in password with any user name")
+    gradio_temp_dir: str | None = Field(None, alias="GRADIO_TEMP_DIR", description="Gradio's upload cache")
     webhook_post_output: str | None = Field(None, alias="RUNPOD_WEBHOOK_POST_OUTPUT",
                                             description="set by RunPod: where progress updates are posted")
     runpod_endpoint_id: str | None = Field(None, alias="RUNPOD_ENDPOINT_ID",

@@ -243,7 +243,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m mattepod.split --endpoint ID job.json``: plan, fan the ranges out over the endpoint's workers,
     join; prints the join result. Needs RUNPOD_API_KEY."""
     import argparse
-    import os
     import sys
 
     p = argparse.ArgumentParser(prog="python -m mattepod.split", description=main.__doc__)
@@ -254,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import runpod
 
-    endpoint = runpod.Endpoint(args.endpoint, api_key=os.environ.get("RUNPOD_API_KEY"))
+    from mattepod import settings
+
+    endpoint = runpod.Endpoint(args.endpoint, api_key=settings.get().runpod_api_key)
     job = json.loads(Path(args.job).read_text())
     try:
         out = run_split(lambda inp: endpoint.run_sync({"input": inp}, timeout=args.timeout), job, args.parallel)

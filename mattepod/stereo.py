@@ -542,7 +542,6 @@ class StereoEngine:
                  scale: float = 1.0, consistency_threshold: float = 0.8, reprompt_on_drift: bool = False,
                  reprompt_cooldown: int = 15, max_disparity: float = 0.15, max_vertical_offset: float = 0.02,
                  refine: Refine | None = None,
-                 on_consistency: Callable[[dict[str, Any]], None] | None = None,
                  keep_records: int = 10_000, batch_eyes: bool = True):
         if master not in ("left", "right"):
             raise ConfigError(f"stereo.master must be left or right, got {master!r}", "set stereo.master")
@@ -559,7 +558,6 @@ class StereoEngine:
         self.max_disparity = float(max_disparity)
         self.max_vertical_offset = float(max_vertical_offset)
         self.refine = refine
-        self.on_consistency = on_consistency
         first = factory()
         # pair path: an engine that can make a twin on its own network steps both eyes as one batch
         self.pair = first.make_pair() if batch_eyes and callable(getattr(first, "make_pair", None)) else None
@@ -714,8 +712,6 @@ class StereoEngine:
         elif record["flagged"] and self.reprompt_on_drift and not prompted:
             self._pending = True  # re-anchor the slave on the next frame, from that frame's master matte
         self.consistency.append(record)
-        if self.on_consistency is not None:
-            self.on_consistency(record)
         return self._merge_up(a_m, a_s, eye_shape)
 
     # -- reporting -------------------------------------------------------------------------------

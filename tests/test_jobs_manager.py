@@ -172,3 +172,94 @@ def test_a_restarted_app_can_cancel_a_job_it_did_not_start(tmp_path):
         assert wait_for(lambda: not alive(pid) and not alive(child), 5)
     finally:
         second.close(cancel_running=True)
+
+
+def test_cancel_answers_at_once_shows_cancelling_and_the_job_stops_at_a_frame(manager, tmp_path):
+    run = make_run(tmp_path / "out", frames=400, ms=50)
+    job_id = manager.submit(run)
+    assert wait_for(lambda: manager.status(job_id).frame)
+    t0 = time.monotonic()
+    info = manager.cancel(job_id, wait=False)
+    assert time.monotonic() - t0 < 1.0  # the page is not blocked while the job winds down
+    assert info.status in ("running", "cancelled")
+    if info.status == "running":
+        assert info.cancelling and info.summary().startswith("cancelling")
+    assert wait_for(lambda: manager.status(job_id).status == "cancelled", 2.0)  # SIGTERM honoured: <= 2 s
+    info = manager.status(job_id)
+    assert info.resumable and not info.cancelling and info.elapsed is not None
+
+
+def test_a_job_ignoring_sigterm_is_killed_after_the_grace(tmp_path):
+    m = jobs.JobManager(tmp_path / "out", command=fake_command, kill_grace=1)
+    try:
+        run = make_run(tmp_path / "out", frames=400, ms=50, name="stubborn.mp4")
+        job_id = m.submit(run)
+        assert wait_for(lambda: m.status(job_id).frame)
+        pid = json.loads((run / "job.json").read_text())["pid"]
+        m.cancel(job_id, wait=False)
+        assert m.status(job_id).cancelling
+        assert wait_for(lambda: m.status(job_id).status == "cancelled", 6)
+        assert not alive(pid)
+    finally:
+        m.close(cancel_running=True)
+
+
+def test_resume_continues_with_the_clis_resume_command(tmp_path):
+    seen = []
+
+    def resume_command(run: Path) -> list[str]:
+        seen.append(run)
+        return [sys.executable, str(FAKE), "--resume", str(run), "--progress-json"]
+
+    m = jobs.JobManager(tmp_path / "out", command=fake_command, resume_command=resume_command)
+    try:
+        run = make_run(tmp_path / "out", frames=60, ms=30)
+        job_id = m.submit(run)
+        assert wait_for(lambda: (m.status(job_id).frame or 0) >= 5)
+        m.cancel(job_id)
+        stopped = m.status(job_id)
+        assert stopped.status == "cancelled" and stopped.resumable
+        m.resume(job_id)
+        with pytest.raises(RunStateError, match="still"):
+            m.resume(job_id)  # already queued or running again
+        info = m.wait(job_id, timeout=30)
+        assert info.status == "completed" and seen == [run]
+        assert int((run / "resumed_from.txt").read_text()) == stopped.frame + 1  # not from frame 1
+        assert not info.resumable
+        with pytest.raises(RunStateError, match="cannot be resumed"):
+            m.resume(job_id)
+    finally:
+        m.close(cancel_running=True)
+
+
+def test_default_resume_command_is_the_clis():
+    argv = jobs.default_resume_command(Path("/out/run_1"))
+    assert argv[-3:] == ["--resume", "/out/run_1", "--progress-json"] and "config.yaml" not in " ".join(argv)
+
+
+def test_zip_and_delete_a_finished_job(manager, tmp_path):
+    import zipfile
+
+    job_id = manager.submit(make_run(tmp_path / "out", frames=3))
+    running = make_run(tmp_path / "out", frames=400, ms=50)
+    assert manager.wait(job_id, timeout=30).status == "completed"
+    z = manager.zip_outputs(job_id)
+    with zipfile.ZipFile(z) as zf:
+        assert {"clip_alpha.mp4", "previews/alpha_0.png", "config.yaml", "metadata.json"} <= set(zf.namelist())
+        assert zf.read("clip_alpha.mp4") == b"fake alpha"
+    assert manager.zip_outputs(job_id) == z  # reused while nothing changed
+    other = manager.submit(running)
+    assert wait_for(lambda: manager.status(other).status == "running")
+    with pytest.raises(RunStateError, match="cancel it first"):
+        manager.delete(other)
+    manager.delete(job_id)
+    assert not (tmp_path / "out" / job_id).exists()
+    with pytest.raises((RunStateError, InputNotFoundError)):
+        manager.delete("..")
+
+
+def test_progress_text_reads_well():
+    assert jobs.fmt_duration(2099) == "0:34:59" and jobs.fmt_duration(3 * 3600 + 5) == "3:00:05"
+    assert jobs.fmt_fps(0.0412) == "0.0412" and jobs.fmt_fps(2.345) == "2.35" and jobs.fmt_fps(31.26) == "31.3"
+    info = jobs.JobInfo("j", "/x", "running", frame=4, total=79, fps=0.034, eta=2099, stage="matting", elapsed=65)
+    assert info.summary() == "running · matting 4/79 frames · 0.034 fps · ETA 0:34:59 · 0:01:05 elapsed"

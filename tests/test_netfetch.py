@@ -138,3 +138,11 @@ def test_a_job_with_a_loopback_video_url_is_refused(tmp_path: Path, monkeypatch)
         assert out.get("error_type") == "InputNotFoundError" and "could not be fetched" in out["error"], out
         out = sv.handler({"id": "s2", "input": {**inp, "video": "in.mp4", "prompt": {"mask": f"{base}/m.png"}}})
         assert "error" in out, out
+
+
+def test_a_bucket_endpoint_must_be_public(monkeypatch) -> None:
+    for url in ("http://127.0.0.1:9000", "http://169.254.169.254/", "ftp://example.com"):
+        with pytest.raises(InputNotFoundError):
+            netfetch.check_url(url, "upload.bucket.endpoint_url")
+    monkeypatch.setenv("MATTEPOD_ALLOW_PRIVATE_URLS", "127.0.0.0/8")
+    assert netfetch.check_url("http://127.0.0.1:9000", "x") == "http://127.0.0.1:9000"

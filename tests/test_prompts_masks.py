@@ -10,8 +10,8 @@ from PIL import Image
 
 from mattepod import config
 from mattepod.errors import ConfigError, InputNotFoundError, MaskError
-from mattepod.prompts import (PromptSpec, check_coverage, check_frames, draw_preview, edit_mask, load_mask_file,
-                              parse_box, parse_points, resolve_prompt, save_preview, specs_from_config)
+from mattepod.prompts import (PromptSpec, check_coverage, draw_preview, edit_mask, load_mask_file, resolve_prompt,
+                              specs_from_config)
 
 W, H = 64, 40
 
@@ -168,21 +168,6 @@ def test_mask_path_with_edits_and_preview(tmp_path, frame):
     assert res.preview_rgb[2, 2].astype(int).sum() <= frame[2, 2].astype(int).sum() * 0.5 + 3
 
 
-def test_mask_path_on_a_scaled_frame(tmp_path, caplog):
-    """The pipeline prompts on a scaled frame: a mask at source size is mapped without complaint."""
-    src = np.zeros((2 * H, 2 * W), np.uint8)
-    src[20:60, 20:60] = 255
-    p = _save(tmp_path, "src.png", src)
-    small = np.zeros((H, W, 3), np.uint8)
-    with caplog.at_level(logging.WARNING, logger="mattepod.prompts"):
-        res = resolve_prompt(PromptSpec(mask=str(p), dilate=4), small, tmp_path, source_size=(2 * W, 2 * H))
-    assert "resizing" not in caplog.text  # the mask has the source size: nothing to warn about
-    assert res.mask.shape == (H, W)
-    on = np.argwhere(res.mask >= 0.5)
-    # square 10..30 in the small frame, grown by 4 source px = 2 small px
-    assert on[:, 0].min() == 8 and on[:, 0].max() == 31 and on[:, 1].min() == 8
-
-
 def test_empty_and_full_masks_are_refused(tmp_path, frame):
     empty = _save(tmp_path, "empty.png", np.zeros((H, W), np.uint8))
     full = _save(tmp_path, "full.png", np.full((H, W), 255, np.uint8))
@@ -249,29 +234,6 @@ def test_keyframe_config_errors():
         specs_from_config(cfg.prompt)
 
 
-def test_prompt_frames_beyond_the_end():
-    specs = [PromptSpec(frame=0, mask="a.png"), PromptSpec(frame=9, mask="b.png", keyframe=True)]
-    check_frames(specs, 10)
-    with pytest.raises(MaskError, match=r"keyframe 9 is beyond the last frame 8 \(9 frames"):
-        check_frames(specs, 9)
-    with pytest.raises(MaskError, match=r"prompt frame 30 is beyond the last frame 19"):
-        check_frames([PromptSpec(frame=30, mask="a.png")], 20)
-
-
-def test_parse_points_and_box():
-    assert parse_points("640,360,1; 100.5,80,0;12,13") == [(640.0, 360.0, 1), (100.5, 80.0, 0), (12.0, 13.0, 1)]
-    assert parse_box("1, 2,30.5,40") == (1.0, 2.0, 30.5, 40.0)
-    for bad, msg in [("1,2,3,4", "click 1 '1,2,3,4'"), ("1,a", "click 1 '1,a'"), ("5,5,2", "has label 2"),
-                     (";", "holds no click")]:
-        with pytest.raises(ConfigError, match=msg):
-            parse_points(bad)
-    with pytest.raises(ConfigError, match=r"--box '1,2,3' is not x0,y0,x1,y1"):
-        parse_box("1,2,3")
-
-
-# ------------------------------------------------------------------------------------------------ preview
-
-
 def test_preview_draws_clicks_and_box(tmp_path):
     frame = np.full((H, W, 3), 128, np.uint8)
     mask = np.zeros((H, W), np.float32)
@@ -284,6 +246,3 @@ def test_preview_draws_clicks_and_box(tmp_path):
     assert r[0] > 150 and r[1] < 60 and r[2] < 60  # negative click: red
     assert tuple(pv[3, 25]) == (255, 200, 0)  # top edge of the box
     assert pv[30, 60].sum() < frame[30, 60].sum()  # outside the mask: dimmed
-    path = save_preview(tmp_path / "previews" / "prompt_000000.png", pv)
-    with Image.open(path) as back:
-        assert back.size == (W, H) and np.array_equal(np.asarray(back.convert("RGB")), pv)

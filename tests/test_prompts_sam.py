@@ -153,20 +153,6 @@ def test_box_and_box_with_clicks(prompter, encoder_calls):
     assert encoder_calls[-1][1].tolist() == [[2, 3, 0]]
 
 
-def test_resolve_clicks_on_a_scaled_frame(prompter, encoder_calls, wdir):
-    """Clicks are given in source pixels (160x96); the pipeline prompts on a half-size frame."""
-    small = _frame(48, 80)
-    spec = PromptSpec(frame=4, points=[(40.0, 30.0, 1), (150.0, 90.0, 0)])
-    res = resolve_prompt(spec, small, wdir, prompter=prompter, source_size=(160, 96))
-    np.testing.assert_allclose(encoder_calls[-1][0][0], [[40 * RES / 160, 30 * RES / 96],
-                                                         [150 * RES / 160, 90 * RES / 96]], rtol=1e-6)
-    assert res.mask.shape == (48, 80)
-    g = res.preview_rgb[15, 20].astype(int)  # the positive click, drawn at its place on the small frame
-    assert g[1] > 150 and g[0] < 60 and g[2] < 60
-    with pytest.raises(MaskError, match=r"click 1 at \(161, 30\) is outside the frame \(frame is 160x96\)"):
-        resolve_prompt(PromptSpec(points=[(161.0, 30.0, 1)]), small, wdir, prompter=prompter, source_size=(160, 96))
-
-
 def test_resolve_uses_the_cached_prompter_for_the_configured_size(wdir):
     frame = _frame(48, 80)
     res = resolve_prompt(PromptSpec(box=(0.1, 0.1, 0.7, 0.9), normalized=True), frame, wdir, sam2_model="tiny")

@@ -176,3 +176,33 @@ def test_vr180_each_subject_on_both_eyes_equals_its_own_run(tmp_path):
         mine, theirs = alpha16(both.run_dir, f"dance_LR_180_{name}"), alpha16(own.run_dir, "dance_LR_180")
         assert mine.shape == (frames, eye, 2 * eye) and np.array_equal(mine, theirs), name
         assert mine[:, :, eye:].any()  # the other eye has its matte too
+
+
+@pytest.mark.slow
+def test_cli_auto_person_count_makes_one_subject_per_person(tmp_path):
+    """``--auto-person --person-count 2`` through the CLI with the real detector and SAM 2 code on
+    seeded random weights (tests/weightgen.py): person1 is prompted with the largest detected box,
+    person2 with the second, each gets its own matte."""
+    from mattepod import detect
+    from mattepod.media.probe import probe
+    from mattepod.media.reader import read_frame
+    from tests.weightgen import make_detector_weights, make_sam2_weights
+
+    wdir = tmp_path / "weights"
+    make_sam2_weights(wdir, "tiny", seed=0)
+    make_detector_weights(wdir, seed=0, person_logit=10.0)
+    clip = make_video(tmp_path / "clip.mp4", width=96, height=64, frames=6, audio=False)
+    res = run_cli("run", "--input", str(clip), "--engine", "mask", "--auto-person", "--person-count", "2",
+                  "--weights-dir", str(wdir), "--set", "prompt.sam2_model=tiny", "--set", "engine.device=cpu",
+                  "--outputs", "alpha16", "--run-dir", str(tmp_path / "run"), "-q", timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    d = tmp_path / "run"
+    meta = json.loads((d / "metadata.json").read_text())
+    assert {"person1.alpha16", "person2.alpha16", "alpha16"} <= set(meta["outputs"])
+    assert (d / "previews" / "prompt_person1.png").is_file() and (d / "previews" / "prompt_person2.png").is_file()
+    found = detect.PersonDetector(wdir, "cpu", 0.5).detect(read_frame(probe(clip), 0))
+    log = (d / "run.log").read_text()
+    assert log.count("1 chosen (rank)") == 2 and f"{len(found)} found" in log
+    p1, p2 = alpha16(d, "clip_person1"), alpha16(d, "clip_person2")
+    assert p1.shape == p2.shape == (6, 64, 96) and not np.array_equal(p1, p2)
+    assert len(found) >= 2  # two people to pick from (which one each gets: test_subjects_config's rank test)

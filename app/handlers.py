@@ -1,0 +1,490 @@
+"""What each control does: plain functions over the app (``AppState``) and the page's ``PromptState``.
+
+Every prompt control goes through :func:`update` (decode / SAM 2 work, then ``app.state.apply``), and the page
+is redrawn from the state alone by :func:`render`, so the frame shown, the clicks, the mask and what Run sends
+cannot disagree. Nothing here imports Gradio: the functions are unit-tested without a browser
+(tests/test_app_handlers.py) and ``app/layout.py`` only wires them to components.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app import media as mediamod
+from app import state as st
+from app.server import AppState
+from mattepod import config as configmod
+from mattepod import jobs
+from mattepod import request as rq
+from mattepod.errors import MattePodError
+from mattepod.quality import page_markdown
+
+log = logging.getLogger("mattepod.app")
+
+SAM_STATES = {"embedding": "SAM 2 is embedding this frame…", "waiting": "SAM 2 is embedding this frame…",
+              "loading": "SAM 2 is loading…", "ready": "SAM 2 ready: clicks answer at once",
+              "missing": "SAM 2 weights are not here: clicks go to the job", "idle": ""}
+
+
+class PageError(Exception):
+    """A refusal for the page: one line, no server path (shown once as a toast)."""
+
+
+def _public(err: BaseException | str) -> PageError:
+    return PageError(mediamod.public_message(err))
+
+
+# ---------------------------------------------------------------- the one update path --------------------------
+
+def update(app: AppState, ps: st.PromptState, action: st.Action, model: str) -> st.PromptState:
+    """Apply ``action`` (with SAM 2 on the image shown when the action edits a mask), then embed a newly
+    shown frame in the background. Showing a frame never waits for SAM 2."""
+    available = app.sam_available(model)
+    seg = None
+    if available and ps.image is not None and isinstance(action, _SEGMENTING):
+        seg = app.segmenter(model, ps.image)
+        available = seg is not None
+    before = (ps.media.path if ps.media else None, ps.frame, ps.mode, ps.master, ps.layout)
+    ps = replace(ps, sam=available)
+    out = st.apply(ps, action, seg)
+    after = (out.media.path if out.media else None, out.frame, out.mode, out.master, out.layout)
+    if out.image is not None and before != after and available:
+        app.prefetch(model, out.image)  # stale requests for frames already left are dropped by the prompter
+    return out
+
+
+_SEGMENTING = (st.ClickAt, st.AddUpload, st.RemoveUpload, st.AddStroke, st.Undo, st.ClearFrame, st.SetSam)
+
+
+def load_video(app: AppState, ps: st.PromptState, path: str | None, model: str) -> st.PromptState:
+    """An upload or a file from the volume. Anything that is not a readable video leaves *no* video active."""
+    if not path:
+        return update(app, ps, st.LoadFailed("No video loaded."), model)
+    try:
+        src = mediamod.adopt_upload(path, app.roots)
+        info = mediamod.probe_media(str(src))
+        mode = "vr180" if info.vr_hint else ps.mode
+        image, view = mediamod.load_view(app.base.stereo, str(src), 0, mode, ps.layout, ps.master)
+    except MattePodError as err:
+        return update(app, ps, st.LoadFailed(f"{Path(str(path)).name} cannot be used: "
+                                             f"{mediamod.public_message(err)}"), model)
+    except OSError as err:
+        return update(app, ps, st.LoadFailed(f"{Path(str(path)).name} cannot be read ({err.strerror})"), model)
+    return update(app, ps, st.LoadVideo(info, image, view, mode), model)
+
+
+def show_frame(app: AppState, ps: st.PromptState, index: Any, model: str) -> st.PromptState:
+    """The slider, its number box, Home/End: the frame is clamped, decoded and shown; prompts stay on theirs."""
+    if ps.media is None:
+        return ps
+    k = st.clamp_frame(ps, index)
+    if k == ps.frame and ps.image_frame == k:
+        return ps
+    try:
+        image, view = mediamod.load_view(app.base.stereo, ps.media.path, k, ps.mode, ps.layout, ps.master)
+    except MattePodError as err:
+        raise _public(err) from None
+    return update(app, ps, st.ShowFrame(k, image, view), model)
+
+
+def set_view(app: AppState, ps: st.PromptState, mode: str, master: str, layout: str, model: str) -> st.PromptState:
+    if ps.media is None:
+        return replace(ps, mode=mode, master=master, layout=layout)
+    if (mode, master, layout) == (ps.mode, ps.master, ps.layout):
+        return ps
+    try:
+        image, view = mediamod.load_view(app.base.stereo, ps.media.path, ps.frame, mode, layout, master)
+    except MattePodError as err:
+        raise _public(err) from None
+    return update(app, ps, st.SetView(mode, master, layout, image, view), model)
+
+
+def click(app: AppState, ps: st.PromptState, x: float, y: float, model: str) -> st.PromptState:
+    return update(app, ps, st.ClickAt(x, y), model)
+
+
+def upload_mask(app: AppState, ps: st.PromptState, path: str | None, model: str) -> st.PromptState:
+    """A mask PNG for the frame shown; a refused file is removed from the prompt (and the file box)."""
+    if ps.media is None:
+        return replace(ps, message="load a video first")
+    if not path:
+        return update(app, ps, st.RemoveUpload(), model)
+    name = Path(path).name
+    h, w = ps.image.shape[:2]
+    try:
+        mask = mediamod.mask_from_file(path, (w, h))
+    except MattePodError as err:
+        return update(app, ps, st.AddUpload(None, name, reason=f"mask {name} refused: "
+                                                                 f"{mediamod.public_message(err)}"), model)
+    if not (mask >= 0.5).any():
+        return update(app, ps, st.AddUpload(None, name, reason=f"mask {name} refused: it is empty "
+                                                                 "-> white marks the subject"), model)
+    return update(app, ps, st.AddUpload(mask, name, str(path)), model)
+
+
+def remove_mask(app: AppState, ps: st.PromptState, model: str) -> st.PromptState:
+    return update(app, ps, st.RemoveUpload(), model)
+
+
+def brush(app: AppState, ps: st.PromptState, editor: dict | None, model: str) -> st.PromptState:
+    if ps.media is None:
+        return replace(ps, message="load a video first")
+    add, sub = mediamod.brush_stroke(editor, ps.image.shape[:2])
+    return update(app, ps, st.AddStroke(add, sub), model)
+
+
+def brush_background(ps: st.PromptState) -> dict | None:
+    """What the brush editor starts from: the frame with this frame's mask drawn on it."""
+    if ps.image is None:
+        return None
+    return {"background": mediamod.overlay(ps.image, ps.here), "layers": [], "composite": None}
+
+
+def pending_click(ps: st.PromptState, x: float, y: float) -> np.ndarray | None:
+    """The frame with the click just made drawn on it, shown while SAM 2 computes the mask."""
+    if ps.image is None:
+        return None
+    if ps.tool == "box":
+        return mediamod.overlay(ps.image, ps.here, (x, y))
+    fp = replace(ps.here, edits=(*ps.here.edits, st.Click(x, y, 1 if ps.tool == "add" else 0)))
+    return mediamod.overlay(ps.image, fp)
+
+
+def sam_status(app: AppState, ps: st.PromptState, model: str) -> str:
+    if ps.image is None:
+        return ""
+    return SAM_STATES.get(app.sam_state(model, ps.image), "")
+
+
+# ---------------------------------------------------------------- rendering ------------------------------------
+
+@dataclass
+class Page:
+    """Everything the Matte tab's prompt area shows, from one PromptState."""
+
+    image: np.ndarray | None
+    frame: int
+    frame_max: int
+    media_md: str
+    prompt_md: str
+    message: str
+    run_enabled: bool
+    run_hint: str
+    mask_file: str | None
+    vr: bool
+    mode: str
+    layout_md: str
+    prompted: list[int] = field(default_factory=list)
+
+
+def render(ps: st.PromptState) -> Page:
+    m = ps.media
+    media_md = "No video loaded." if m is None else (
+        f"**{m.name}** — {m.width}×{m.height}, {m.frames} frames, {m.fps:.3f} fps")
+    issues = st.problems(ps)
+    up = ps.here.upload
+    layout_md = ""
+    if ps.mode == "vr180" and ps.view is not None and ps.view.layout:
+        layout_md = f"Detected: {ps.view.layout}"
+    return Page(
+        image=None if ps.image is None else mediamod.overlay(ps.image, ps.here, ps.corner),
+        frame=ps.frame, frame_max=max(1, (m.frames - 1) if m else 1), media_md=media_md,
+        prompt_md="\n\n".join(filter(None, [st.describe(ps), st.describe_subjects(ps)])), message=ps.message, run_enabled=not issues,
+        run_hint=issues[0] if issues else "", mask_file=up.path if up and up.path else None,
+        vr=ps.mode == "vr180", mode=ps.mode, layout_md=layout_md, prompted=sorted(ps.prompts))
+
+
+# ---------------------------------------------------------------- run requests ------------------------------
+
+def resolve_input(app: AppState, input_path: str) -> Path:
+    """A file the caller names: relative = in the input folder; it must lie in the input or output folder."""
+    try:
+        return jobs.inside(input_path, [app.roots.input, app.roots.output], "input_path", base=app.roots.input)
+    except MattePodError as err:
+        raise _public(err) from None
+
+
+def build_config(app: AppState, input_path: Path, overrides: dict[str, Any],
+                 prompt: dict[str, Any] | None = None) -> configmod.Config:
+    """The base config + the caller's choices through the one front door (``mattepod.request``): the server
+    fixes the input, the folders and auto-resume; every path key is confined to the app's folders. The app
+    keeps only its transport: this is the one place it turns a request into a Config."""
+    fixed = {"input": str(input_path), "output_dir": str(app.roots.output),
+             "weights_dir": str(app.roots.weights), "recovery.auto_resume": False}
+    try:
+        req = rq.parse({"overrides": overrides, "prompt": prompt}, "job options")
+        return rq.to_config(req, base=app.base, roots=app.roots.confinement(), fixed=fixed, source="job options")
+    except MattePodError as err:
+        raise _public(err) from None
+
+
+def submit(app: AppState, input_path: str, frames: list[st.FrameRequest],
+           overrides: dict[str, Any]) -> jobs.JobInfo:
+    """Validate everything, create the run folder (config + prompt masks), queue it.
+
+    ``frames``: the anchor first, then keyframes; a frame with a mask sends the mask (saved in the run folder),
+    one without sends its clicks/box for the job's SAM 2. ``prompt.subjects`` in the options (several subjects,
+    API only) replaces the single prompt."""
+    if not input_path:
+        raise PageError("choose a video first (upload one or pick a file from the volume)")
+    src = resolve_input(app, input_path)
+    if not src.is_file():
+        raise PageError(f"{src.name} does not exist any more -> upload it again")
+    subjects = rq.flatten(overrides).get("prompt.subjects")
+    has_prompt = any(f.mask is not None or f.points or f.box is not None for f in frames)
+    if not has_prompt and not subjects:
+        raise PageError("no prompt: click on the subject, draw a box, paint it with the brush, or upload a mask")
+    if subjects and has_prompt:
+        raise PageError("give either prompt.subjects (in options) or one prompt (points/box/mask), not both")
+    prompt: dict[str, Any] | None = None
+    anchor_mask, key_masks = None, {}
+    if has_prompt:
+        anchor, keys = frames[0], frames[1:]
+        anchor_mask = anchor.mask
+        prompt = {"frame": int(anchor.frame)}
+        if anchor.mask is None:
+            prompt["points"] = [{"x": x, "y": y, "label": int(lab)} for x, y, lab in anchor.points]
+            prompt["box"] = anchor.box
+        key_points = [{"frame": k.frame, "box": k.box,
+                       "points": [{"x": x, "y": y, "label": int(lab)} for x, y, lab in k.points]}
+                      for k in keys if k.mask is None]
+        if key_points:
+            prompt["keyframes"] = key_points
+        key_masks = {k.frame: k.mask for k in keys if k.mask is not None}
+    cfg = build_config(app, src, overrides, prompt)
+    try:
+        run = jobs.create_run(cfg, app.roots.output, mask=anchor_mask, keyframe_masks=key_masks)
+        job_id = app.manager.submit(run)
+    except MattePodError as err:
+        raise _public(err) from None
+    log.info("job %s queued (%s)", job_id, src.name)
+    return app.manager.status(job_id)
+
+
+def run(app: AppState, ps: st.PromptState, overrides: dict[str, Any]) -> jobs.JobInfo:
+    """Run: exactly the prompt the page shows (``app.state.run_prompt``), with the page's options."""
+    try:
+        if ps.subjects:
+            subs = st.run_subjects(replace(ps, max_frames=int(overrides.get("max_frames") or 0)))
+            return submit_subjects(app, ps.media.path, subs, overrides)
+        frames = st.run_prompt(replace(ps, max_frames=int(overrides.get("max_frames") or 0)))
+    except ValueError as err:
+        raise PageError(str(err)) from None
+    return submit(app, ps.media.path, frames, overrides)
+
+
+def submit_subjects(app: AppState, input_path: str, subjects: list[st.Subject],
+                    overrides: dict[str, Any]) -> jobs.JobInfo:
+    """Several subjects from the page (#16): each subject's anchor and keyframes become a ``prompt.subjects``
+    entry; masks (brush, upload, SAM 2 in the page) are saved in the run folder, clicks/boxes go to the
+    job's SAM 2, as for the single prompt."""
+    src = resolve_input(app, input_path)
+    if not src.is_file():
+        raise PageError(f"{src.name} does not exist any more -> upload it again")
+    if rq.flatten(overrides).get("prompt.subjects"):
+        raise PageError("give the subjects either on the page or as prompt.subjects in the options, not both")
+    entries, masks = [], {}
+    for sub in subjects:
+        anchor, keys = sub.frames[0], sub.frames[1:]
+        entry: dict[str, Any] = {"name": sub.name, "color": sub.color, "frame": int(anchor.frame)}
+        if anchor.mask is None:
+            entry["points"] = [{"x": x, "y": y, "label": int(lab)} for x, y, lab in anchor.points]
+            entry["box"] = anchor.box
+        else:
+            masks[(sub.name, int(anchor.frame))] = anchor.mask
+        kps = [{"frame": int(k.frame), "box": k.box, "points": [{"x": x, "y": y, "label": int(lab)}
+                                                               for x, y, lab in k.points]}
+               for k in keys if k.mask is None]
+        if kps:
+            entry["keyframes"] = kps
+        masks.update({(sub.name, int(k.frame)): k.mask for k in keys if k.mask is not None})
+        entries.append(entry)
+    # the subjects join the config in the run folder (their masks are saved there): until then the options
+    # are checked without the formats only subjects allow (the ID map), which are put back unchecked here
+    # and checked with the subjects by create_run
+    formats = rq.flatten(overrides).get("outputs.formats")
+    only_subjects = [f for f in formats or [] if f == "idmap"]
+    cfg = build_config(app, src, {**overrides, "outputs.formats": [f for f in formats if f != "idmap"]}
+                       if only_subjects else overrides)
+    if only_subjects:
+        cfg = cfg.model_copy(update={"outputs": cfg.outputs.model_copy(
+            update={"formats": [*cfg.outputs.formats, *only_subjects]})})
+    try:
+        run = jobs.create_run(cfg, app.roots.output, subjects=entries, subject_masks=masks)
+        job_id = app.manager.submit(run)
+    except MattePodError as err:
+        raise _public(err) from None
+    log.info("job %s queued (%s, %d subjects)", job_id, src.name, len(entries))
+    return app.manager.status(job_id)
+
+
+def ui_overrides(formats, engine, scale, max_size, erode, dilate, warmup, colour, mode, master, layout,
+                 max_frames, sam2_model) -> dict[str, Any]:
+    o: dict[str, Any] = {
+        "outputs.formats": list(formats or []), "engine.name": engine, "scale": float(scale),
+        "engine.max_size": int(max_size), "engine.erode": int(erode), "engine.dilate": int(dilate),
+        "engine.warmup": int(warmup), "outputs.color": hex_colour(colour), "stereo.mode": mode,
+        "stereo.master": master, "stereo.layout": layout, "prompt.sam2_model": sam2_model,
+    }
+    if max_frames:
+        o["max_frames"] = int(max_frames)
+    return o
+
+
+def hex_colour(colour: str | None) -> str:
+    """gr.ColorPicker may answer rgba(...) or #rgb; the config wants #RRGGBB."""
+    c = (colour or "#00B140").strip()
+    if c.startswith("rgb"):
+        nums = [float(v) for v in c[c.index("(") + 1 : c.index(")")].split(",")[:3]]
+        return "#" + "".join(f"{int(round(v)):02X}" for v in nums)
+    if len(c) == 4 and c.startswith("#"):
+        return "#" + "".join(ch * 2 for ch in c[1:]).upper()
+    return c[:7].upper()
+
+
+# ---------------------------------------------------------------- jobs ----------------------------------------
+
+@dataclass
+class JobView:
+    """One job as the page shows it, in one place: the status line and what its buttons can do."""
+
+    id: str
+    status: str
+    line: str
+    can_cancel: bool
+    can_resume: bool
+    can_delete: bool
+    final: bool
+    outputs: dict[str, str] = field(default_factory=dict)
+    playable: dict[str, str] = field(default_factory=dict)  # format -> browser-playable file (never transcoded)
+    files: list[str] = field(default_factory=list)
+    previews: list[str] = field(default_factory=list)
+    compare: tuple[str, str] | None = None  # (source frame PNG, composite PNG) for the before/after slider
+
+
+def job_view(app: AppState, job_id: str | None) -> JobView | None:
+    if not job_id:
+        return None
+    try:
+        info = app.manager.status(job_id)
+    except MattePodError:
+        return None
+    line = f"**{info.id}** — {info.summary()}"
+    if info.error and info.status != jobs.COMPLETED:
+        line = f"**{info.id}** — {info.status}: {mediamod.public_message(info.error.get('message', ''))}"
+    if info.status == jobs.COMPLETED and (scores := page_markdown(info.run_dir)):  # issue 17: quality.json
+        line += "\n\n" + scores
+    final = info.status in jobs.FINAL
+    return JobView(info.id, info.status, line, can_cancel=info.status in (jobs.QUEUED, jobs.RUNNING)
+                   and not info.cancelling, can_resume=info.resumable, can_delete=final, final=final,
+                   outputs=info.outputs, playable=playable(info), files=info.files(), previews=info.previews,
+                   compare=compare_pair(app, info) if info.status == jobs.COMPLETED else None)
+
+
+def playable(info: jobs.JobInfo) -> dict[str, str]:
+    """Videos the browser can play as they are: the pipeline's proxies first; an output only when it is
+    already 8-bit H.264 in MP4 (checked with our probe), so Gradio's Video never converts anything."""
+    out = dict(info.proxies)
+    for fmt, path in info.outputs.items():
+        if fmt in out or Path(path).suffix.lower() != ".mp4":
+            continue
+        try:
+            from mattepod.proxies import is_browser_playable
+
+            if is_browser_playable(path):
+                out[fmt] = path
+        except Exception:  # noqa: BLE001 - a file we cannot probe is simply not shown inline
+            continue
+    return out
+
+
+def compare_pair(app: AppState, info: jobs.JobInfo) -> tuple[str, str] | None:
+    """The source frame next to the composite preview of the same frame (written once, in the run)."""
+    comps = sorted(p for p in info.previews if Path(p).name.startswith("composite_"))
+    if not comps or not info.input:
+        return None
+    comp = Path(comps[len(comps) // 2])
+    src_png = comp.with_name(comp.name.replace("composite_", "source_"))
+    if not src_png.is_file():
+        try:
+            import cv2
+
+            from mattepod.media.probe import probe
+            from mattepod.media.reader import read_frame
+
+            src = jobs.inside(info.input, [app.roots.input, app.roots.output])
+            k = int(comp.stem.split("_")[-1])
+            frame = read_frame(probe(str(src)), k)
+            cv2.imwrite(str(src_png), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        except (MattePodError, OSError, ValueError) as err:
+            log.info("no before/after for %s: %s", info.id, err)
+            return None
+    return str(src_png), str(comp)
+
+
+def latest_active_job(app: AppState) -> str:
+    """The job a freshly opened page reattaches to: the newest running or queued one."""
+    for j in app.manager.list_jobs():
+        if j.status in (jobs.RUNNING, jobs.QUEUED):
+            return j.id
+    return ""
+
+
+def cancel(app: AppState, job_id: str) -> JobView | None:
+    """SIGTERM now, answer at once: the page shows 'cancelling' until the job has stopped at a frame."""
+    try:
+        app.manager.cancel(job_id, wait=False)
+    except MattePodError as err:
+        raise _public(err) from None
+    return job_view(app, job_id)
+
+
+def resume(app: AppState, job_id: str) -> JobView | None:
+    try:
+        app.manager.resume(job_id)
+    except MattePodError as err:
+        raise _public(err) from None
+    return job_view(app, job_id)
+
+
+def delete(app: AppState, job_id: str) -> None:
+    try:
+        app.manager.delete(job_id)
+    except MattePodError as err:
+        raise _public(err) from None
+
+
+def zip_job(app: AppState, job_id: str) -> str:
+    try:
+        return str(app.manager.zip_outputs(job_id))
+    except MattePodError as err:
+        raise _public(err) from None
+
+
+def jobs_table(app: AppState) -> list[list[Any]]:
+    rows = []
+    for j in app.manager.list_jobs():
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(j.created)) if j.created else ""
+        err = (j.error or {}).get("message", "") if j.status in ("failed", "interrupted") else ""
+        status = "cancelling" if j.cancelling else j.status
+        rows.append([j.id, status, f"{j.frame or 0}/{j.total or '?'}",
+                     jobs.fmt_duration(j.elapsed) if j.elapsed is not None else "", created,
+                     ", ".join(j.outputs), mediamod.public_message(err)])
+    return rows
+
+
+def parse_options(options: str | None) -> dict[str, Any]:
+    try:
+        opts = json.loads(options) if options else {}
+    except ValueError:
+        raise PageError("options is not JSON -> give e.g. {\"engine.name\": \"mask\"}") from None
+    if not isinstance(opts, dict):
+        raise PageError("options must be a JSON object of config keys")
+    return opts
