@@ -6,7 +6,6 @@ Shared by every browser session; the per-session prompt lives in ``app.state.Pro
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from typing import Any
 
@@ -20,15 +19,19 @@ log = logging.getLogger("mattepod.app")
 
 
 def settings() -> dict[str, Any]:
-    """Everything the app reads from the environment, in one place (documented in CONFIG.md)."""
+    """Everything the app reads from the environment (``mattepod.settings``, the one typed settings module;
+    documented in CONFIG.md)."""
+    from mattepod import settings as envmod
+
+    env = envmod.get()
     return {
-        "server_name": os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
-        "server_port": int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-        "root_path": os.environ.get("GRADIO_ROOT_PATH") or None,
-        "max_file_size": os.environ.get("GRADIO_MAX_FILE_SIZE", "20gb"),
-        "username": os.environ.get("GRADIO_USERNAME") or None,
-        "password": os.environ.get("GRADIO_PASSWORD") or os.environ.get("APP_PASSWORD") or None,
-        "base_config": os.environ.get("MATTEPOD_CONFIG") or None,
+        "server_name": env.gradio_server_name,
+        "server_port": env.gradio_server_port,
+        "root_path": env.gradio_root_path,
+        "max_file_size": env.gradio_max_file_size,
+        "username": env.gradio_username,
+        "password": env.gradio_password or env.app_password,
+        "base_config": env.config,
     }
 
 

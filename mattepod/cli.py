@@ -20,7 +20,7 @@ from mattepod import config as config_mod
 from mattepod import request as rq
 from mattepod import settings
 from mattepod.errors import ConfigError, MattePodError
-from mattepod.paths import Roots, confine_run_dir
+from mattepod.paths import Roots, confine, confine_run_dir
 from mattepod.subjects import SUBJECT_ARG_HELP, parse_subject_args, person_subjects
 
 log = logging.getLogger("mattepod")
@@ -172,7 +172,11 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--resume takes the run's own config; drop {', '.join('--' + e for e in extra)}",
                               "resume with: run --resume RUN_DIR")
         roots = local_roots()
-        resume = str(confine_run_dir(args.resume, roots, "--resume")) if roots else args.resume
+        resume = args.resume
+        if roots is not None:  # the run folder and the paths its own config.yaml names obey the rule too
+            resume = str(confine_run_dir(args.resume, roots, "--resume"))
+            if (Path(resume) / "config.yaml").is_file():
+                confine(config_mod.load(Path(resume) / "config.yaml"), roots)
         from mattepod import pipeline  # torch and the models: only once a run really starts
 
         res = pipeline.run(config_mod.Config(), pipeline.RunOptions(

@@ -144,8 +144,14 @@ class MatAnyoneEngine:
         return out
 
     def report(self, events) -> dict[str, Any]:
-        """metadata.json ``scale_changes``: every change of the matting size (frame, old, new, reason)."""
-        return scale_report(events)
+        """metadata.json ``scale_changes`` (every change of the matting size: frame, old, new, reason) and
+        ``matting_size``, the size in force at the end (also when the first choice was made on a backward
+        pass, whose start the run does not record)."""
+        out = scale_report(events)
+        if self.internal_hw is not None:
+            out["matting_size"] = {"frame": list(self.frame_hw), "internal": list(self.internal_hw),
+                                   "scale": self.scale}
+        return out
 
     def reanchor_mask(self) -> np.ndarray:
         """The last alpha at frame size (from the core's state, so also right after a resume)."""

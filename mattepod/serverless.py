@@ -44,7 +44,7 @@ from mattepod import split as splitmod
 from mattepod.engine import Engine
 from mattepod.errors import ConfigError, InputNotFoundError, MaskError, MattePodError, RunStateError
 from mattepod.media.exts import VIDEO_EXTS
-from mattepod.paths import Roots, inside, safe_name
+from mattepod.paths import Roots, confine, inside, safe_name
 from mattepod.runfolder import METADATA, read_json, write_atomic
 
 log = logging.getLogger("mattepod.serverless")
@@ -411,6 +411,14 @@ def run_name(stem: str, job_id: str, suffix: str = "") -> str:
     return safe_name(f"{slug(stem)}_{job_id}{suffix}", "run folder name")
 
 
+def _stem(spec: JobIn, video: Path) -> str:
+    """The name a run is called after: the video's, or for a URL the last part of its path (the download
+    itself is always called ``video.<ext>``)."""
+    if spec.video and is_url(spec.video):
+        return Path(spec.video.split("?", 1)[0]).stem or video.stem
+    return video.stem
+
+
 def _job_dirs(spec: JobIn, job_id: str, stem: str, suffix: str = "") -> tuple[Path, Path]:
     root = output_root()
     name = spec.run_name or run_name(stem, job_id, suffix)
@@ -440,6 +448,8 @@ def _run_pipeline(cfg: cfgmod.Config, run_dir: Path, relay: ProgressRelay) -> di
         log.info("run %s already completed; returning it", run_dir)
         return read_json(run_dir / METADATA) or {}
     resume = run_dir if action == "resume" else None
+    if resume is not None and (run_dir / "config.yaml").is_file():  # a resumed run's own paths obey the rule too
+        confine(cfgmod.load(run_dir / "config.yaml"), job_roots())
     with ENGINES.lease() as factory:
         opts = pipeline.RunOptions(run_dir=None if resume else run_dir, resume=resume, progress_bar=False,
                                    keep_prompt_models=True,
@@ -453,7 +463,7 @@ def do_run(job: dict[str, Any], spec: JobIn) -> dict[str, Any]:
     work = _work_dir(job_id)
     video = resolve_video(spec.video or "", work)
     mask = resolve_mask(spec.prompt.mask, work) if spec.prompt and spec.prompt.mask else None
-    root, run_dir = _job_dirs(spec, job_id, video.stem)
+    root, run_dir = _job_dirs(spec, job_id, _stem(spec, video))
     cfg = build_config(spec, video, mask, root)
     relay = ProgressRelay(job)
     meta = _run_pipeline(cfg, run_dir, relay)
@@ -477,7 +487,7 @@ def do_plan(job: dict[str, Any], spec: JobIn) -> dict[str, Any]:
     work = _work_dir(job_id)
     video = resolve_video(spec.video or "", work)
     mask = resolve_mask(spec.prompt.mask, work) if spec.prompt and spec.prompt.mask else None
-    root, plan_dir = _job_dirs(spec, job_id, video.stem, "_split")
+    root, plan_dir = _job_dirs(spec, job_id, _stem(spec, video), "_split")
     cfg = build_config(spec, video, mask, root)
     images = sorted(set(cfg.outputs.formats) - splitmod.video_formats())
     if images:

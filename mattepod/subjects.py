@@ -370,20 +370,28 @@ class SubjectsEngine:
         return eng.step(frame) if self.started[i] else None
 
     def _step_batched(self, frame: np.ndarray, masks: list[np.ndarray | None]) -> list[np.ndarray | None]:
-        from mattepod.matanyone import prep
-
+        """One network pass for every subject. The matting size is chosen once, at the first prompt, by
+        the first subject's adaptive-scale policy (its memory model counts every subject as a stream) and
+        shared by all, so their images are one tensor. An out-of-memory error is not stepped down here
+        (lower ``runtime.max_scale`` or ``engine.max_size`` for many subjects at a large size)."""
         engines = self.engines
-        hw = tuple(frame.shape[:2])
+        img = None
         for i, m in enumerate(masks):
+            if m is None:
+                continue
             e = engines[i]
-            if m is not None:  # what MatAnyoneEngine._frame(starting=True) records, once per subject
-                e.frame_hw = hw
-                e.internal_hw = prep.max_size_hw(hw[0], hw[1], e.cfg.max_size)
-                e._check_size()
+            shared = next((o.scale for o in engines if o.scale is not None), None)
+            if e.scale is None and shared is not None:
+                e.scale = shared  # every subject at the size the first one chose
+            e.streams = len(engines)
+            img = e._frame(frame, starting=True)  # frame_hw, internal_hw (the scale on the first anchor)
         active = [i for i, m in enumerate(masks) if m is not None or self.started[i]]
         if not active:
             return [None] * len(engines)
-        img = engines[active[0]]._frame(frame)  # one resize/transfer for all; checks the size
+        if len({engines[i].internal_hw for i in active}) > 1:
+            raise RuntimeError(f"subjects at different matting sizes: {[engines[i].internal_hw for i in active]}")
+        if img is None:
+            img = engines[active[0]]._frame(frame)  # one resize/transfer for all; checks the size
         m255 = [None if m is None else engines[i]._mask(m) for i, m in enumerate(masks)]
         cores = [e.core for e in engines]
         res = step_cores(cores, img, m255, engines[0].cfg.warmup, self.exclusive)
@@ -391,6 +399,8 @@ class SubjectsEngine:
         for i, a in enumerate(res):
             if masks[i] is not None:
                 self.started[i] = True
+            if a is not None:
+                engines[i].frames_out += 1
             out.append(None if a is None else engines[i]._alpha(a))
         return out
 

@@ -185,6 +185,7 @@ def test_run_survives_an_oom_mid_run(weights_root, tmp_path):
     (change,) = meta["scale_changes"]
     assert change["frame"] == 3 and change["old"] == [160, 192] and change["new"] == [120, 144]
     assert "out of memory" in change["reason"]
+    assert meta["matting_size"] == {"frame": [160, 192], "internal": [120, 144], "scale": 0.75}
     assert decode(tmp_path / "r" / "clip_alpha.mkv").shape == (5, 160, 192)
     assert "matting size" in (tmp_path / "r" / "run.log").read_text()  # logged too
 

@@ -226,3 +226,21 @@ def test_every_setting_is_documented() -> None:
     doc = (ROOT / "CONFIG.md").read_text()
     missing = [f.alias for f in settings.Settings.model_fields.values() if f"`{f.alias}`" not in doc]
     assert not missing, missing
+
+
+def test_a_planted_run_folder_cannot_be_resumed_into_outside_files(volume: Path, monkeypatch, capsys) -> None:
+    """A run folder whose own config.yaml names files outside the roots is refused on resume (worker and CLI)."""
+    from mattepod import cli
+
+    secret = volume.parent / "outside" / "secret.mp4"
+    run = volume / "out" / "planted"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(cfgmod.dump(cfgmod.Config(input=str(secret), engine={"name": "mask"},
+                                                               prompt={"mask": str(volume / "mask.png")})))
+    (run / "metadata.json").write_text(json.dumps({"status": "running"}))
+    out = sv.handler(job({**MASKED, "run_name": "planted"}, "p1"))
+    assert out.get("error_type") == "InputNotFoundError" and "input" in out["error"], out
+    monkeypatch.chdir(volume)
+    assert cli.main(["run", "--resume", str(run)]) == 3
+    assert "outside the allowed folders" in capsys.readouterr().err
+    assert json.loads((run / "metadata.json").read_text())["status"] == "running"

@@ -152,6 +152,7 @@ def test_url_job_with_presigned_put_upload(volume: Path, http) -> None:
     assert out["status"] == "completed", out
     assert files.puts["/bucket/alpha.mp4?X-Sig=abc"] == Path(out["outputs"]["alpha"]).read_bytes()
     assert out["uploads"] == {"alpha": f"{base}/bucket/alpha.mp4"}  # the signature is not echoed back
+    assert Path(out["run_dir"]).name == "clip_u"  # named after the URL; the download itself is video.mp4
     assert not (volume / "out" / ".jobs" / "u").exists()  # the downloaded input is gone after success
     bad = sv.handler(job({**MASKED, "upload": {"put_urls": {"green": f"{base}/g"}}}, "u2"))
     assert "not outputs of this job" in bad["error"]
