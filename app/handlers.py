@@ -24,6 +24,7 @@ from mattepod import config as configmod
 from mattepod import jobs
 from mattepod import request as rq
 from mattepod.errors import MattePodError
+from mattepod.quality import page_markdown
 
 log = logging.getLogger("mattepod.app")
 
@@ -159,7 +160,11 @@ def pending_click(ps: st.PromptState, x: float, y: float) -> np.ndarray | None:
 def sam_status(app: AppState, ps: st.PromptState, model: str) -> str:
     if ps.image is None:
         return ""
-    return SAM_STATES.get(app.sam_state(model, ps.image), "")
+    state = app.sam_state(model, ps.image)
+    if state == "failed":
+        return ("SAM 2 cannot run here: " + mediamod.public_message(app.sam_errors.get(model, ""))
+                + " (clicks go to the job)")
+    return SAM_STATES.get(state, "")
 
 
 # ---------------------------------------------------------------- rendering ------------------------------------
@@ -195,7 +200,7 @@ def render(ps: st.PromptState) -> Page:
     return Page(
         image=None if ps.image is None else mediamod.overlay(ps.image, ps.here, ps.corner),
         frame=ps.frame, frame_max=max(1, (m.frames - 1) if m else 1), media_md=media_md,
-        prompt_md=st.describe(ps), message=ps.message, run_enabled=not issues,
+        prompt_md="\n\n".join(filter(None, [st.describe(ps), st.describe_subjects(ps)])), message=ps.message, run_enabled=not issues,
         run_hint=issues[0] if issues else "", mask_file=up.path if up and up.path else None,
         vr=ps.mode == "vr180", mode=ps.mode, layout_md=layout_md, prompted=sorted(ps.prompts))
 
@@ -270,10 +275,58 @@ def submit(app: AppState, input_path: str, frames: list[st.FrameRequest],
 def run(app: AppState, ps: st.PromptState, overrides: dict[str, Any]) -> jobs.JobInfo:
     """Run: exactly the prompt the page shows (``app.state.run_prompt``), with the page's options."""
     try:
+        if ps.subjects:
+            subs = st.run_subjects(replace(ps, max_frames=int(overrides.get("max_frames") or 0)))
+            return submit_subjects(app, ps.media.path, subs, overrides)
         frames = st.run_prompt(replace(ps, max_frames=int(overrides.get("max_frames") or 0)))
     except ValueError as err:
         raise PageError(str(err)) from None
     return submit(app, ps.media.path, frames, overrides)
+
+
+def submit_subjects(app: AppState, input_path: str, subjects: list[st.Subject],
+                    overrides: dict[str, Any]) -> jobs.JobInfo:
+    """Several subjects from the page (#16): each subject's anchor and keyframes become a ``prompt.subjects``
+    entry; masks (brush, upload, SAM 2 in the page) are saved in the run folder, clicks/boxes go to the
+    job's SAM 2, as for the single prompt."""
+    src = resolve_input(app, input_path)
+    if not src.is_file():
+        raise PageError(f"{src.name} does not exist any more -> upload it again")
+    if rq.flatten(overrides).get("prompt.subjects"):
+        raise PageError("give the subjects either on the page or as prompt.subjects in the options, not both")
+    entries, masks = [], {}
+    for sub in subjects:
+        anchor, keys = sub.frames[0], sub.frames[1:]
+        entry: dict[str, Any] = {"name": sub.name, "color": sub.color, "frame": int(anchor.frame)}
+        if anchor.mask is None:
+            entry["points"] = [{"x": x, "y": y, "label": int(lab)} for x, y, lab in anchor.points]
+            entry["box"] = anchor.box
+        else:
+            masks[(sub.name, int(anchor.frame))] = anchor.mask
+        kps = [{"frame": int(k.frame), "box": k.box, "points": [{"x": x, "y": y, "label": int(lab)}
+                                                               for x, y, lab in k.points]}
+               for k in keys if k.mask is None]
+        if kps:
+            entry["keyframes"] = kps
+        masks.update({(sub.name, int(k.frame)): k.mask for k in keys if k.mask is not None})
+        entries.append(entry)
+    # the subjects join the config in the run folder (their masks are saved there): until then the options
+    # are checked without the formats only subjects allow (the ID map), which are put back unchecked here
+    # and checked with the subjects by create_run
+    formats = rq.flatten(overrides).get("outputs.formats")
+    only_subjects = [f for f in formats or [] if f == "idmap"]
+    cfg = build_config(app, src, {**overrides, "outputs.formats": [f for f in formats if f != "idmap"]}
+                       if only_subjects else overrides)
+    if only_subjects:
+        cfg = cfg.model_copy(update={"outputs": cfg.outputs.model_copy(
+            update={"formats": [*cfg.outputs.formats, *only_subjects]})})
+    try:
+        run = jobs.create_run(cfg, app.roots.output, subjects=entries, subject_masks=masks)
+        job_id = app.manager.submit(run)
+    except MattePodError as err:
+        raise _public(err) from None
+    log.info("job %s queued (%s, %d subjects)", job_id, src.name, len(entries))
+    return app.manager.status(job_id)
 
 
 def ui_overrides(formats, engine, scale, max_size, erode, dilate, warmup, colour, mode, master, layout,
@@ -330,6 +383,8 @@ def job_view(app: AppState, job_id: str | None) -> JobView | None:
     line = f"**{info.id}** — {info.summary()}"
     if info.error and info.status != jobs.COMPLETED:
         line = f"**{info.id}** — {info.status}: {mediamod.public_message(info.error.get('message', ''))}"
+    if info.status == jobs.COMPLETED and (scores := page_markdown(info.run_dir)):  # issue 17: quality.json
+        line += "\n\n" + scores
     final = info.status in jobs.FINAL
     return JobView(info.id, info.status, line, can_cancel=info.status in (jobs.QUEUED, jobs.RUNNING)
                    and not info.cancelling, can_resume=info.resumable, can_delete=final, final=final,

@@ -21,7 +21,7 @@ from app import media as mediamod
 from app import state as st
 from app.server import AppState
 
-UI_FORMATS = ["alpha", "green", "prores", "webm", "png", "alpha16", "packed"]
+UI_FORMATS = ["alpha", "green", "prores", "webm", "png", "alpha16", "packed", "idmap"]  # idmap: with subjects (#16)
 TOOLS = {"+ subject": "add", "− not subject": "remove", "▭ box": "box"}
 # The frame is scaled down to fit (never up: Gradio maps clicks back assuming scale <= 1).
 CSS = """
@@ -110,6 +110,8 @@ def build_app(app: AppState) -> gr.Blocks:
                                         container=False, scale=3, min_width=200)
                         undo = gr.Button("Undo", elem_id="undo", scale=0, min_width=64, size="sm")
                         clear = gr.Button("Clear", elem_id="clear", scale=0, min_width=64, size="sm")
+                        add_subject = gr.Button("Add subject", elem_id="add-subject", scale=0, min_width=100,
+                                                size="sm")  # several subjects, a matte each (#16)
                     frame_img = gr.Image(label="Click on the subject", interactive=False, type="numpy",
                                          elem_id="frame", buttons=["fullscreen"], show_label=False)
                     message = gr.Markdown("", elem_id="page-message")
@@ -272,6 +274,8 @@ def build_app(app: AppState) -> gr.Blocks:
                    api_visibility="private", concurrency_limit=1, concurrency_id="sam2")
         clear.click(lambda ps, m: draw(h.update(app, ps, st.ClearFrame(), m), m), [ps_state, sam2_model],
                     page_out, api_visibility="private")
+        add_subject.click(lambda ps, m: draw(h.update(app, ps, st.AddSubject(), m), m), [ps_state, sam2_model],
+                          page_out, api_visibility="private")
         mask_upload.upload(lambda path, ps, m: draw(h.upload_mask(app, ps, path, m), m),
                            [mask_upload, ps_state, sam2_model], page_out, api_visibility="private",
                            concurrency_limit=1, concurrency_id="sam2")
@@ -372,7 +376,7 @@ def build_app(app: AppState) -> gr.Blocks:
             return (jid, model, *status_line(view), "")
 
         demo.load(on_load, [saved, ps_state], [job_id, sam2_model, *job_out, shown_final],
-                  api_visibility="private")
+                  api_visibility="private", show_progress="hidden")
 
         # ---- jobs tab ----------------------------------------------------------------------------------------
 

@@ -25,6 +25,8 @@ from typing import Callable, Literal, Union
 
 import numpy as np
 
+from mattepod.subjects import PALETTE
+
 Tool = Literal["add", "remove", "box"]
 RULES = ("Prompts stay on the frame they were made on: the earliest prompted frame anchors the run, later ones "
          "are keyframes. On a frame: an uploaded mask is the start, + clicks and a box add SAM 2's segment, "
@@ -150,6 +152,7 @@ class PromptState:
     max_frames: int = 0  # the run's max_frames option (0 = all): prompts beyond it would never be reached
     sam: bool = True  # SAM 2 can run in this app (weights present)
     message: str = ""  # the last refusal or note, one line (shown under the frame, never a server path)
+    subjects: tuple = ()  # Subject values added with "Add subject" (several subjects, #16)
 
     @property
     def here(self) -> FramePrompt:
@@ -241,8 +244,14 @@ class SetSam:
     available: bool
 
 
+@dataclass(frozen=True)
+class AddSubject:
+    """Several subjects (#16): the prompts made so far become one named subject (its own colour), and the
+    page starts the next subject's prompts. Run sends every subject (and the prompts in progress as one more)."""
+
+
 Action = Union[LoadVideo, LoadFailed, ShowFrame, SetView, SetTool, ClickAt, AddUpload, RemoveUpload, AddStroke,
-               Undo, ClearFrame, SetMaxFrames, SetSam]
+               Undo, ClearFrame, SetMaxFrames, SetSam, AddSubject]
 
 
 # ---------------------------------------------------------------- the one update function -------------------
@@ -282,10 +291,19 @@ def apply(state: PromptState, action: Action, segment: Segmenter | None = None) 
         k = clamp_frame(st, action.index)
         return replace(st, frame=k, image=action.image, image_frame=k, view=action.view, corner=None)
     if isinstance(action, SetView):
-        dropped = bool(st.prompts)
+        dropped = bool(st.prompts or st.subjects)
         return replace(st, mode=action.mode, master=action.master, layout=action.layout, image=action.image,
-                       image_frame=st.frame, view=action.view, prompts={}, corner=None,
+                       image_frame=st.frame, view=action.view, prompts={}, corner=None, subjects=(),
                        message="prompts cleared: the view changed" if dropped else "")
+    if isinstance(action, AddSubject):
+        try:
+            frames = tuple(run_prompt(replace(st, subjects=())))
+        except ValueError as err:
+            return replace(st, message=f"cannot add this subject yet: {err}")
+        n = len(st.subjects)
+        sub = Subject(f"subject{n + 1}", PALETTE[n % len(PALETTE)], frames)
+        return replace(st, subjects=(*st.subjects, sub), prompts={}, corner=None,
+                       message=f"{sub.name} added: prompt the next subject (on any frame), or Run")
     if isinstance(action, ClickAt):
         return _click(st, action, segment)
     if isinstance(action, AddUpload):
@@ -395,7 +413,7 @@ def problems(state: PromptState) -> list[str]:
     if state.media is None:
         return ["choose a video (upload one or pick a file from the volume)"]
     out = []
-    if not state.prompts:
+    if not state.prompts and not state.subjects:
         out.append("no prompt yet: click on the subject, draw a box, upload a mask or paint one")
     limit = state.media.frames if not state.max_frames else min(state.media.frames, state.max_frames)
     for k, fp in sorted(state.prompts.items()):
@@ -472,3 +490,38 @@ def describe(state: PromptState) -> str:
         roles = [f"{k} (anchor)" if i == 0 else f"{k} (keyframe)" for i, k in enumerate(frames)]
         text += "\n\nPrompted frames: " + ", ".join(roles)
     return text
+
+
+# ---------------------------------------------------------------- several subjects (#16) --------------------
+
+@dataclass(frozen=True, eq=False)
+class Subject:
+    """A subject added with "Add subject": its name, colour and prompted frames (anchor first)."""
+
+    name: str
+    color: str
+    frames: tuple  # FrameRequest
+
+
+def run_subjects(state: PromptState) -> list[Subject]:
+    """What Run sends with several subjects: the added ones, and the prompts in progress as one more."""
+    subs = list(state.subjects)
+    if state.prompts:
+        frames = tuple(run_prompt(replace(state, subjects=())))
+        n = len(subs)
+        subs.append(Subject(f"subject{n + 1}", PALETTE[n % len(PALETTE)], frames))
+    for sub in subs:
+        limit = state.media.frames if not state.max_frames else min(state.media.frames, state.max_frames)
+        late = [f.frame for f in sub.frames if f.frame >= limit]
+        if late:
+            raise ValueError(f"{sub.name}: frame {late[0]} has a prompt but the run stops after {limit} frames")
+    return subs
+
+
+def describe_subjects(state: PromptState) -> str:
+    """The subjects line: each added subject in its colour, and the one being prompted."""
+    if not state.subjects:
+        return ""
+    bits = [f"<span style='color:{s.color}'>■</span> {s.name} (frames {', '.join(str(f.frame) for f in s.frames)})"
+            for s in state.subjects]
+    return "Subjects: " + " · ".join(bits) + f" · now prompting subject{len(state.subjects) + 1}"

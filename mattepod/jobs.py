@@ -123,7 +123,9 @@ def check_job_id(job_id: str) -> str:
 # ---------------------------------------------------------------- run folders ---------------------------------
 
 def create_run(cfg: configmod.Config, output_dir: str | Path, stem: str | None = None,
-               mask: "np.ndarray | None" = None, keyframe_masks: "dict[int, np.ndarray] | None" = None) -> Path:
+               mask: "np.ndarray | None" = None, keyframe_masks: "dict[int, np.ndarray] | None" = None,
+               subjects: "list[dict] | None" = None,
+               subject_masks: "dict[tuple[str, int], np.ndarray] | None" = None) -> Path:
     """Make ``<output>/<stem>_<YYYYmmdd-HHMMSS>/`` (a suffix when taken), write config.yaml and job.json.
 
     ``mask`` (float (H, W) in [0, 1], e.g. SAM 2 + brush edits from the UI) is saved as the run's own
@@ -150,6 +152,20 @@ def create_run(cfg: configmod.Config, output_dir: str | Path, stem: str | None =
         cv2.imwrite(str(png), (np.clip(np.asarray(kmask, np.float32), 0, 1) * 255).round().astype(np.uint8))
         data["prompt"]["keyframes"] = [k for k in data["prompt"].get("keyframes") or [] if k["frame"] != frame]
         data["prompt"]["keyframes"].append({"frame": int(frame), "mask": str(png)})
+    if subjects:  # several subjects (#16): masks saved as subject_<name>_NNNNNN.png, like the prompt mask
+        import cv2
+        import numpy as np
+
+        subs = [dict(sub) for sub in subjects]
+        for (name, frame), smask in sorted((subject_masks or {}).items()):
+            png = run / f"subject_{name}_{int(frame):06d}.png"
+            cv2.imwrite(str(png), (np.clip(np.asarray(smask, np.float32), 0, 1) * 255).round().astype(np.uint8))
+            sub = next(s for s in subs if s["name"] == name)
+            if int(sub.get("frame") or 0) == int(frame):
+                sub.update(mask=str(png), points=[], box=None)
+            else:
+                sub["keyframes"] = [*sub.get("keyframes", []), {"frame": int(frame), "mask": str(png)}]
+        data["prompt"]["subjects"] = subs
     cfg = configmod.validate(data, "job config")
     (run / "config.yaml").write_text(configmod.dump(cfg))
     _write_json(run / JOB_FILE, {"status": QUEUED, "created": time.time(), "input": cfg.input,
