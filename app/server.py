@@ -6,7 +6,6 @@ Shared by every browser session; the per-session prompt lives in ``app.state.Pro
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from typing import Any
 
@@ -20,15 +19,19 @@ log = logging.getLogger("mattepod.app")
 
 
 def settings() -> dict[str, Any]:
-    """Everything the app reads from the environment, in one place (documented in CONFIG.md)."""
+    """Everything the app reads from the environment (``mattepod.settings``, the one typed settings module;
+    documented in CONFIG.md)."""
+    from mattepod import settings as envmod
+
+    env = envmod.get()
     return {
-        "server_name": os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
-        "server_port": int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-        "root_path": os.environ.get("GRADIO_ROOT_PATH") or None,
-        "max_file_size": os.environ.get("GRADIO_MAX_FILE_SIZE", "20gb"),
-        "username": os.environ.get("GRADIO_USERNAME") or None,
-        "password": os.environ.get("GRADIO_PASSWORD") or os.environ.get("APP_PASSWORD") or None,
-        "base_config": os.environ.get("MATTEPOD_CONFIG") or None,
+        "server_name": env.gradio_server_name,
+        "server_port": env.gradio_server_port,
+        "root_path": env.gradio_root_path,
+        "max_file_size": env.gradio_max_file_size,
+        "username": env.gradio_username,
+        "password": env.gradio_password or env.app_password,
+        "base_config": env.config,
     }
 
 
@@ -43,6 +46,7 @@ class AppState:
         self.base = configmod.load(base_config) if base_config else configmod.Config()
         self.manager = manager or jobs.JobManager(roots.output)
         self._sam_lock = threading.Lock()
+        self.sam_errors: dict[str, str] = {}  # model -> why it cannot be loaded (shown instead of "loading")
 
     def default_sam_model(self) -> str:
         """The base config's choice when it makes one, else by device (tiny on CPU, base_plus on GPU)."""
@@ -73,9 +77,13 @@ class AppState:
             return None
         with self._sam_lock:
             try:
-                return sam.get_prompter(model, self.roots.weights, self.base.engine.device)
+                prompter = sam.get_prompter(model, self.roots.weights, self.base.engine.device)
+                self.sam_errors.pop(model, None)
+                return prompter
             except MattePodError as err:
-                log.warning("SAM 2 %s cannot be loaded: %s", model, err)
+                if model not in self.sam_errors:
+                    log.warning("SAM 2 %s cannot be loaded: %s", model, err)
+                self.sam_errors[model] = str(err)
                 return None
 
     def prefetch(self, model: str, image: np.ndarray | None = None) -> None:
@@ -102,7 +110,13 @@ class AppState:
             return "missing"
         from mattepod import sam
 
-        key = (model, str(self.roots.weights.resolve()), sam.resolve_device(self.base.engine.device))
+        if model in self.sam_errors:
+            return "failed"
+        try:
+            key = (model, str(self.roots.weights.resolve()), sam.resolve_device(self.base.engine.device))
+        except MattePodError as err:
+            self.sam_errors[model] = str(err)
+            return "failed"
         prompter = sam._PROMPTERS.get(key)
         if prompter is None:
             return "loading"

@@ -43,7 +43,7 @@ _FAULT = re.compile(
     r"CUDA error|CUDA driver error|cuDNN error|CUBLAS_STATUS_(?!ALLOC)|illegal memory access|device-side assert"
     r"|unspecified launch failure|uncorrectable ECC|misaligned address|CUDA-capable device"
     r"|device is busy or unavailable"
-    r"|NVML|GPU is lost|Xid", re.I)
+    r"|NVML|GPU is lost", re.I)
 _OOM = re.compile(r"out of memory|CUBLAS_STATUS_ALLOC_FAILED", re.I)
 
 

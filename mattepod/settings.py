@@ -41,7 +41,7 @@ class Settings(BaseModel):
                                            "server), or a comma list of networks allowed, e.g. 10.0.0.0/8")
     progress_interval: float = Field(2.0, ge=0, alias="MATTEPOD_PROGRESS_INTERVAL",
                                      description="seconds between serverless progress updates")
-    engine_cache: int = Field(2, ge=1, alias="MATTEPOD_ENGINE_CACHE",
+    engine_cache: int = Field(2, ge=0, alias="MATTEPOD_ENGINE_CACHE",
                               description="engine configs kept loaded per serverless worker")
     preload: bool = Field(False, alias="MATTEPOD_PRELOAD", description="load the engine at worker start")
     config: str | None = Field(None, alias="MATTEPOD_CONFIG", description="base generate.yaml of the app/worker")

@@ -168,5 +168,6 @@ def test_dockerignore_keeps_secrets_weights_and_outputs_out(docker):
                  "docker/constraints.txt", "configs/generate.yaml"):
         assert included(path), path
     for path in (".env", "weights/sam2.1_tiny/sam2.1_hiera_tiny.pt", "output/run/clip_alpha.mp4", ".git/HEAD",
-                 ".venv/bin/python", "tests/test_x.py", "mattepod/__pycache__/x.pyc", "app/model.safetensors"):
+                 ".venv/bin/python", "tests/test_x.py", "mattepod/__pycache__/x.pyc", "app/model.safetensors",
+                 "docker/rehearse.sh", "docker/rehearse_start.py", "docker/smoke_test.sh"):  # CI tools, not the image
         assert not included(path), path

@@ -7,8 +7,19 @@ import json
 
 import pytest
 
-from mattepod import quality as q
-from tests.conftest import run_cli
+from mattepod import cli, config, pipeline, quality as q
+from tests.conftest import make_mask, make_video, run_cli
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """A clip, its mask, and a ground truth: the alpha16 PNGs of the same deterministic engine (made once)."""
+    root = tmp_path_factory.mktemp("quality-run")
+    clip, mask = make_video(root / "clip.mp4"), make_mask(root / "mask.png", 96, 64)
+    cfg = config.load(None, {"input": str(clip), "output_dir": str(root / "gt"), "prompt.mask": str(mask),
+                             "engine.name": "mask", "outputs.formats": ["alpha16"]})
+    run = pipeline.run(cfg, pipeline.RunOptions(progress_bar=False)).run_dir
+    return clip, mask, run / "clip_alpha16_png"
 
 
 def _run(clip, mask, out, *extra, **kw):
@@ -16,10 +27,8 @@ def _run(clip, mask, out, *extra, **kw):
                    "--set", "recovery.segment_frames=7", *extra, **kw)
 
 
-def test_run_with_gt_writes_quality_json_and_metadata(tmp_path, clip, mask):
-    first = _run(clip, mask, tmp_path / "a", "--outputs", "alpha16", "--run-dir", str(tmp_path / "a" / "r"))
-    assert first.returncode == 0, first.stderr
-    gt = tmp_path / "a" / "r" / "clip_alpha16_png"  # the same deterministic engine: a perfect ground truth
+def test_run_with_gt_writes_quality_json_and_metadata(tmp_path, made):
+    clip, mask, gt = made  # the same deterministic engine: a perfect ground truth
     res = _run(clip, mask, tmp_path / "b", "--outputs", "alpha,alpha16", "--gt", str(gt),
                "--run-dir", str(tmp_path / "b" / "r"))
     assert res.returncode == 0, res.stderr
@@ -38,10 +47,8 @@ def test_run_with_gt_writes_quality_json_and_metadata(tmp_path, clip, mask):
     assert 0 < video.mean["mad"] < 3
 
 
-def test_a_processed_range_meets_its_ground_truth_frames(tmp_path, clip, mask):
-    whole = _run(clip, mask, tmp_path / "a", "--outputs", "alpha16", "--run-dir", str(tmp_path / "a" / "r"))
-    assert whole.returncode == 0, whole.stderr
-    gt = tmp_path / "a" / "r" / "clip_alpha16_png"  # 24 frames: one per input frame
+def test_a_processed_range_meets_its_ground_truth_frames(tmp_path, made):
+    clip, mask, gt = made  # 24 frames: one per input frame
     part = _run(clip, mask, tmp_path / "b", "--outputs", "alpha16", "--gt", str(gt), "--start-frame", "5",
                 "--max-frames", "9", "--set", "quality.depth=native", "--run-dir", str(tmp_path / "b" / "r"))
     assert part.returncode == 0, part.stderr
@@ -52,10 +59,11 @@ def test_a_processed_range_meets_its_ground_truth_frames(tmp_path, clip, mask):
 
 
 @pytest.mark.parametrize("case", ["size", "count", "no_matte", "missing"])
-def test_a_ground_truth_that_does_not_fit_stops_before_matting(tmp_path, clip, mask, case):
+def test_a_ground_truth_that_does_not_fit_stops_before_matting(tmp_path, made, case, capsys):
     import cv2
     import numpy as np
 
+    clip, mask, _ = made
     gt = tmp_path / "gt"
     gt.mkdir()
     n, shape = {"size": (24, (32, 48)), "count": (10, (64, 96))}.get(case, (24, (64, 96)))
@@ -63,9 +71,10 @@ def test_a_ground_truth_that_does_not_fit_stops_before_matting(tmp_path, clip, m
         cv2.imwrite(str(gt / f"{i:04d}.png"), np.zeros(shape, np.uint8))
     outputs = "green" if case == "no_matte" else "alpha16"
     target = tmp_path / "missing" if case == "missing" else gt
-    res = _run(clip, mask, tmp_path / "o", "--outputs", outputs, "--gt", str(target))
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert res.returncode == {"size": 4, "count": 4, "no_matte": 2, "missing": 3}[case], res.stderr
+    code = cli.main(["run", "--input", str(clip), "--mask", str(mask), "--engine", "mask", "-o", str(tmp_path / "o"),
+                     "-q", "--outputs", outputs, "--gt", str(target)])
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == {"size": 4, "count": 4, "no_matte": 2, "missing": 3}[case], lines
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert {"size": "is 48x32, the input 96x64", "count": "has 10 frames; the input has 24",
             "no_matte": "quality.gt needs a matte", "missing": "does not exist"}[case] in lines[0]
@@ -99,10 +108,9 @@ def test_page_markdown_of_a_run(tmp_path):
     assert "`/gt`" in md
 
 
-def test_dry_run_checks_the_ground_truth_and_a_kill_in_the_quality_step_resumes(tmp_path, clip, mask):
-    first = _run(clip, mask, tmp_path / "a", "--outputs", "alpha16", "--run-dir", str(tmp_path / "a" / "r"))
-    assert first.returncode == 0, first.stderr
-    gt = tmp_path / "a" / "r" / "clip_alpha16_png"
+@pytest.mark.slow
+def test_dry_run_checks_the_ground_truth_and_a_kill_in_the_quality_step_resumes(tmp_path, made):
+    clip, mask, gt = made
     plan = _run(clip, mask, tmp_path / "b", "--outputs", "alpha16", "--gt", str(gt), "--start-frame", "3", "--dry-run")
     assert plan.returncode == 0, plan.stderr
     assert json.loads(plan.stdout)["plan"]["quality"] == {"gt": str(gt), "gt_start": 3, "depth": "field"}
