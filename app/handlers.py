@@ -160,7 +160,11 @@ def pending_click(ps: st.PromptState, x: float, y: float) -> np.ndarray | None:
 def sam_status(app: AppState, ps: st.PromptState, model: str) -> str:
     if ps.image is None:
         return ""
-    return SAM_STATES.get(app.sam_state(model, ps.image), "")
+    state = app.sam_state(model, ps.image)
+    if state == "failed":
+        return ("SAM 2 cannot run here: " + mediamod.public_message(app.sam_errors.get(model, ""))
+                + " (clicks go to the job)")
+    return SAM_STATES.get(state, "")
 
 
 # ---------------------------------------------------------------- rendering ------------------------------------

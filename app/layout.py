@@ -376,7 +376,7 @@ def build_app(app: AppState) -> gr.Blocks:
             return (jid, model, *status_line(view), "")
 
         demo.load(on_load, [saved, ps_state], [job_id, sam2_model, *job_out, shown_final],
-                  api_visibility="private")
+                  api_visibility="private", show_progress="hidden")
 
         # ---- jobs tab ----------------------------------------------------------------------------------------
 

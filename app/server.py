@@ -46,6 +46,7 @@ class AppState:
         self.base = configmod.load(base_config) if base_config else configmod.Config()
         self.manager = manager or jobs.JobManager(roots.output)
         self._sam_lock = threading.Lock()
+        self.sam_errors: dict[str, str] = {}  # model -> why it cannot be loaded (shown instead of "loading")
 
     def default_sam_model(self) -> str:
         """The base config's choice when it makes one, else by device (tiny on CPU, base_plus on GPU)."""
@@ -76,9 +77,13 @@ class AppState:
             return None
         with self._sam_lock:
             try:
-                return sam.get_prompter(model, self.roots.weights, self.base.engine.device)
+                prompter = sam.get_prompter(model, self.roots.weights, self.base.engine.device)
+                self.sam_errors.pop(model, None)
+                return prompter
             except MattePodError as err:
-                log.warning("SAM 2 %s cannot be loaded: %s", model, err)
+                if model not in self.sam_errors:
+                    log.warning("SAM 2 %s cannot be loaded: %s", model, err)
+                self.sam_errors[model] = str(err)
                 return None
 
     def prefetch(self, model: str, image: np.ndarray | None = None) -> None:
@@ -105,7 +110,13 @@ class AppState:
             return "missing"
         from mattepod import sam
 
-        key = (model, str(self.roots.weights.resolve()), sam.resolve_device(self.base.engine.device))
+        if model in self.sam_errors:
+            return "failed"
+        try:
+            key = (model, str(self.roots.weights.resolve()), sam.resolve_device(self.base.engine.device))
+        except MattePodError as err:
+            self.sam_errors[model] = str(err)
+            return "failed"
         prompter = sam._PROMPTERS.get(key)
         if prompter is None:
             return "loading"

@@ -57,13 +57,27 @@ def section(out: dict, name: str, fn, *args) -> None:
     print(f"[gpu_check] {name}: {out['seconds'][name]} s", file=sys.stderr, flush=True)
 
 
+def have_reference() -> bool:
+    from matanyone_common import GENERATOR, MANIFEST
+
+    return GENERATOR.is_file() and MANIFEST.is_file()
+
+
 def weights_dir(tmp: Path) -> Path:
-    """Synthetic MatAnyone weights in the HF layout (tests/weightgen: nothing downloaded)."""
+    """Synthetic MatAnyone weights: the golden reference's (HF layout) when ../shared/reference is there,
+    else a seeded random initialisation as a release-style .pth (enough for speed and memory figures)."""
+    root = tmp / "weights"
+    if not have_reference():
+        from mattepod.matanyone.network import MatAnyoneNet
+
+        root.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        torch.save(MatAnyoneNet().state_dict(), root / "matanyone.pth")
+        return root
     from safetensors.numpy import save_file
 
     from matanyone_common import HF_CONFIG, generated_weights
 
-    root = tmp / "weights"
     (root / "matanyone").mkdir(parents=True, exist_ok=True)
     (root / "matanyone" / "config.json").write_text(json.dumps(HF_CONFIG))
     save_file(generated_weights("single"), str(root / "matanyone" / "model.safetensors"))
@@ -73,6 +87,8 @@ def weights_dir(tmp: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- fidelity
 
 def fidelity(dev: torch.device, wdir: Path, cases: tuple[str, ...]) -> dict:
+    if not have_reference():
+        return {"ok": None, "skipped": "golden reference data missing (../shared/reference/matanyone)"}
     from matanyone_common import case_dir, read_grey, read_rgb
     from mattepod.matanyone import prep
     from mattepod.matanyone.core import InferenceCore
@@ -283,7 +299,9 @@ def main() -> None:
         section(out, "oom_step_down", oom_step_down, dev, wdir, sizes["oom"])
     if dev.type == "cuda":
         out["peak_device_mib"] = round(torch.cuda.max_memory_reserved(dev) / 2**20, 1)
-    out["ok"] = bool((out.get("fidelity") or {}).get("ok")) and bool((out.get("oom_step_down") or {}).get("ok"))
+    fid = (out.get("fidelity") or {}).get("ok")
+    out["ok"] = fid is not False and "error" not in (out.get("fidelity") or {}) and \
+        bool((out.get("oom_step_down") or {}).get("ok"))
     line = json.dumps(out)
     if a.out:
         Path(a.out).write_text(line + "\n")

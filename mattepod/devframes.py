@@ -61,6 +61,7 @@ class DeviceCache:
         self.max_entries = max_entries
         self._entries: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
         self._lock = threading.Lock()
+        self._upload_lock = threading.Lock()
         self._staging: dict[tuple[tuple[int, ...], np.dtype], _Staging] = {}
         self._n_staging = staging_buffers
         self.uploads = 0  # counters for tests and benches
@@ -118,6 +119,11 @@ class DeviceCache:
         src = host_tensor(arr)
         if not self.is_cuda:
             return src if self.device.type == "cpu" else src.to(self.device)
+        # the engine thread and the encode thread (a cache miss) both upload; events on this device's stream
+        with self._upload_lock, torch.cuda.device(self.device):
+            return self._stage_and_copy(arr, src)
+
+    def _stage_and_copy(self, arr: np.ndarray, src: torch.Tensor) -> torch.Tensor:
         st = self._staging.setdefault((tuple(arr.shape), arr.dtype), _Staging())
         if len(st.buffers) < self._n_staging:
             st.buffers.append(torch.empty(src.shape, dtype=src.dtype, pin_memory=True))

@@ -153,3 +153,17 @@ def test_default_sam_size_by_device_and_a_device_error_names_the_device(app):
     with pytest.raises((MaskError, ConfigError), match="cuda:7") as err:
         sam.check_device("cuda:7")
     assert "download" not in str(err.value) and "engine.device" in str(err.value)
+
+
+def test_a_bad_device_is_named_in_the_page_not_blamed_on_the_weights(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("engine: {device: 'cuda:7'}\n")
+    a = AppState(jobs.Roots(tmp_path / "in", tmp_path / "out", tmp_path / "w"), str(base))
+    try:
+        make_sam2_weights(a.roots.weights, "tiny")
+        ps = h.load_video(a, st.PromptState(), str(make_clip(a.roots.input / "c.mp4", frames=2)), "tiny")
+        assert a.prompter("tiny") is None
+        line = h.sam_status(a, ps, "tiny")
+        assert "cuda:7" in line and "download" not in line and str(tmp_path) not in line, line
+    finally:
+        a.manager.close()
