@@ -209,8 +209,11 @@ class FakeRunpodQueue(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.path.startswith("/job-done/"):
-            self.done.append((self.path, json.loads(body)))
+        data = json.loads(body) if body else {}
+        # The SDK posts progress updates to the same job-done URL with status IN_PROGRESS: only final results count
+        # (counting progress posts made the test stop the worker with SIGTERM in the middle of its first job).
+        if self.path.startswith("/job-done/") and data.get("status") != "IN_PROGRESS":
+            self.done.append((self.path, data))
         self.send_response(200)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -274,9 +277,4 @@ def test_sdk_worker_loop_refreshes_after_a_cuda_fault(tmp_path: Path) -> None:
     assert built.read_text().count("1") == 1  # one engine for the worker's life: nothing rebuilt after the fault
     first = results["j1-ok"]
     assert "stopPod" not in first
-    if first.get("output", {}).get("error_type") == "CancelledError":
-        # Seen since the 18:00 merges of main (run.py's Cancel + serverless): a SIGTERM from outside the handler
-        # cancels the worker's first job (not under strace). Open question, reported; the refresh_worker
-        # behaviour above is asserted regardless.
-        pytest.xfail(f"the worker's first job was cancelled by a SIGTERM: {first}")
     assert first["output"]["status"] == "completed"
