@@ -148,7 +148,7 @@ def file_record(path: Path, frames: int) -> dict[str, Any]:
     size = path.stat().st_size
     rec: dict[str, Any] = {"frames": frames, "size": size}
     if size <= HASH_LIMIT:
-        rec["sha256"] = _sha256(path)
+        rec["sha256"] = sha256_file(path)
     return rec
 
 
@@ -172,7 +172,7 @@ def check_file(path: Path, rec: dict[str, Any]) -> str | None:
         return "missing"
     if size != rec.get("size"):
         return f"{size} bytes, {rec.get('size')} recorded"
-    if "sha256" in rec and _sha256(path) != rec["sha256"]:
+    if "sha256" in rec and sha256_file(path) != rec["sha256"]:
         return "content differs from the recorded hash"
     return None
 
@@ -191,7 +191,8 @@ def check_files(paths: list[Path], rec: dict[str, Any]) -> str | None:
     return None
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (segments here; weights in the run's metadata)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

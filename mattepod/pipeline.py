@@ -9,7 +9,6 @@ disk, and the mapping of every failure to its one-line error and exit code.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import platform
@@ -23,7 +22,7 @@ import numpy as np
 
 import mattepod
 from mattepod import config as config_mod, quality
-from mattepod.checkpoint import Manifest, ManifestDamaged
+from mattepod.checkpoint import Manifest, ManifestDamaged, sha256_file
 from mattepod.config import Config
 from mattepod.errors import CancelledError, InvalidMediaError, MaskError, MattePodError, RunStateError
 from mattepod.media.probe import MediaInfo, probe
@@ -217,14 +216,6 @@ def find_resumable(output_dir: Path, cfg: Config) -> Path | None:
     return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _versions() -> dict[str, str]:
     import torch
 
@@ -270,5 +261,5 @@ def _weights_used(cfg: Config) -> list[dict[str, str]]:
         rec = (read_record(f.parent).get("files") or {}).get(f.name, {})
         st = f.stat()
         known = rec.get("sha256") if rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns else None
-        out.append({"model": model, "file": str(f), "sha256": known or _sha256(f)})
+        out.append({"model": model, "file": str(f), "sha256": known or sha256_file(f)})
     return out
