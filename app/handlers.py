@@ -66,7 +66,7 @@ _SEGMENTING = (st.ClickAt, st.AddUpload, st.RemoveUpload, st.AddStroke, st.Undo,
 def load_video(app: AppState, ps: st.PromptState, path: str | None, model: str) -> st.PromptState:
     """An upload or a file from the volume. Anything that is not a readable video leaves *no* video active."""
     if not path:
-        return update(app, ps, st.LoadFailed("No video loaded."), model)
+        return update(app, ps, st.LoadFailed("No video loaded.", refused=False), model)
     try:
         src = mediamod.adopt_upload(path, app.roots)
         info = mediamod.probe_media(str(src))
@@ -96,9 +96,9 @@ def show_frame(app: AppState, ps: st.PromptState, index: Any, model: str) -> st.
 
 def set_view(app: AppState, ps: st.PromptState, mode: str, master: str, layout: str, model: str) -> st.PromptState:
     if ps.media is None:
-        return replace(ps, mode=mode, master=master, layout=layout)
+        return replace(ps, mode=mode, master=master, layout=layout, message="", refused=False)
     if (mode, master, layout) == (ps.mode, ps.master, ps.layout):
-        return ps
+        return replace(ps, message="", refused=False)  # an earlier refusal is not shown (or toasted) again
     try:
         image, view = mediamod.load_view(app.base.stereo, ps.media.path, ps.frame, mode, layout, master)
     except MattePodError as err:
@@ -113,7 +113,7 @@ def click(app: AppState, ps: st.PromptState, x: float, y: float, model: str) -> 
 def upload_mask(app: AppState, ps: st.PromptState, path: str | None, model: str) -> st.PromptState:
     """A mask PNG for the frame shown; a refused file is removed from the prompt (and the file box)."""
     if ps.media is None:
-        return replace(ps, message="load a video first")
+        return replace(ps, message="load a video first", refused=True)
     if not path:
         return update(app, ps, st.RemoveUpload(), model)
     name = Path(path).name
@@ -135,7 +135,7 @@ def remove_mask(app: AppState, ps: st.PromptState, model: str) -> st.PromptState
 
 def brush(app: AppState, ps: st.PromptState, editor: dict | None, model: str) -> st.PromptState:
     if ps.media is None:
-        return replace(ps, message="load a video first")
+        return replace(ps, message="load a video first", refused=True)
     add, sub = mediamod.brush_stroke(editor, ps.image.shape[:2])
     return update(app, ps, st.AddStroke(add, sub), model)
 
@@ -165,6 +165,72 @@ def sam_status(app: AppState, ps: st.PromptState, model: str) -> str:
         return ("SAM 2 cannot run here: " + mediamod.public_message(app.sam_errors.get(model, ""))
                 + " (clicks go to the job)")
     return SAM_STATES.get(state, "")
+
+
+# ---------------------------------------------------------------- kept across reloads (app/persist.py) ------
+
+def restore(app: AppState, key: str | None, ps: st.PromptState, model: str) -> st.PromptState:
+    """The prompt this browser saved under ``key`` (a reload, a closed tab, a pod restart), on its frame decoded
+    again; with no usable key, ``ps`` under a fresh one. A video that is gone (or changed) is said in one line
+    and the page starts empty: a prompt is never restored onto another picture."""
+    from app import persist
+
+    key = persist.valid_key(key)
+    fresh = replace(ps, key=key or persist.new_key())
+    record = app.prompts.load(key) if key else None
+    if record is None:
+        return fresh
+    meta, arrays = record
+    media = meta.get("media") if isinstance(meta.get("media"), dict) else None
+    name = Path(str((media or {}).get("path") or "the video")).name
+    try:
+        if media is None:
+            return replace(st.from_record(meta, arrays, None), key=fresh.key, sam=app.sam_available(model))
+        src = jobs.inside(str(media["path"]), [app.roots.input, app.roots.output])
+        if not src.is_file():
+            raise FileNotFoundError(name)
+        info = mediamod.probe_media(str(src))
+        if (info.width, info.height, info.frames) != (media.get("width"), media.get("height"), media.get("frames")):
+            raise ValueError(f"{name} has changed since the prompt was made")
+        image, view = mediamod.load_view(app.base.stereo, str(src), int(meta["frame"]), str(meta["mode"]),
+                                         str(meta["layout"]), str(meta["master"]))
+        out = st.from_record(meta, arrays, image, view)
+    except FileNotFoundError:
+        return update(app, fresh, st.LoadFailed(f"{name} is no longer in the volume: the saved prompt was "
+                                                "dropped -> upload it again", refused=False), model)
+    except (MattePodError, ValueError, KeyError, TypeError, OSError) as err:
+        log.info("saved prompt %s dropped: %s", key, err)
+        return update(app, fresh, st.LoadFailed(f"the saved prompt on {name} was dropped: "
+                                                f"{mediamod.public_message(err)}", refused=False), model)
+    cache = mediamod.upload_cache()
+    prompts = {k: replace(fp, edits=tuple(replace(e, path=_live_upload(e.path, cache))
+                                          if isinstance(e, st.Upload) else e for e in fp.edits))
+               for k, fp in out.prompts.items()}
+    available = app.sam_available(model)
+    out = replace(out, key=fresh.key, prompts=prompts, sam=available,
+                  message=f"restored: {out.media.name}, frame {out.frame}"
+                          + (f", prompts on {len(prompts)} frame(s)" if prompts else ""))
+    if available:
+        app.prefetch(model, out.image)
+    return out
+
+
+def _live_upload(path: str, cache: Path) -> str:
+    """An uploaded mask's file is shown again only while Gradio still has it (never a path from elsewhere)."""
+    if not path:
+        return ""
+    try:
+        return path if jobs.inside(path, [cache]).is_file() else ""
+    except (MattePodError, OSError):
+        return ""
+
+
+def save(app: AppState, ps: st.PromptState) -> None:
+    """After every change: the prompt as it is now, under its key (a failure is logged, never shown)."""
+    try:
+        app.prompts.save(ps)
+    except Exception as exc:  # noqa: BLE001 - keeping the prompt is a courtesy; the page must go on
+        log.warning("prompt not saved: %s", exc)
 
 
 # ---------------------------------------------------------------- rendering ------------------------------------

@@ -93,7 +93,9 @@ def build_app(app: AppState) -> gr.Blocks:
                                            layout=app.base.stereo.layout))
         job_id = gr.State("")
         shown_final = gr.State("")  # the job whose final results are on the page (drawn once, not every tick)
-        saved = gr.BrowserState({"job": "", "sam2_model": ""}, storage_key="mattepod")
+        # the browser keeps only keys: its last job, its SAM 2 size and the random name its prompt is saved
+        # under on the output volume (app/persist.py), so a reload / closed tab / pod restart loses nothing
+        saved = gr.BrowserState({"job": "", "sam2_model": "", "prompt": ""}, storage_key="mattepod")
 
         with gr.Tab("Matte"):
             with gr.Row(equal_height=False):
@@ -211,7 +213,12 @@ def build_app(app: AppState) -> gr.Blocks:
 
         def draw(ps: st.PromptState, model: str, slider: bool = False) -> tuple:
             """The prompt area from the state. The slider is only set when the state moved it (a new video,
-            a clamped number): echoing it back on every event would overwrite what the user is typing."""
+            a clamped number): echoing it back on every event would overwrite what the user is typing.
+            Every change is saved here (the one place every prompt event passes), and a refusal is shown
+            once as a toast besides the line under the frame."""
+            h.save(app, ps)
+            if ps.refused and ps.message:
+                gr.Warning(ps.message)
             p = h.render(ps)
             msg = p.message or (f"Run is waiting: {p.run_hint}" if p.run_hint and ps.media else "")
             slide = (gr.update(value=p.frame, maximum=p.frame_max, interactive=ps.media is not None) if slider
@@ -281,7 +288,11 @@ def build_app(app: AppState) -> gr.Blocks:
                            concurrency_limit=1, concurrency_id="sam2")
         mask_upload.clear(lambda ps, m: draw(h.remove_mask(app, ps, m), m), [ps_state, sam2_model], page_out,
                           api_visibility="private")
-        to_brush.click(h.brush_background, ps_state, editor, api_visibility="private")
+        # Gradio's editor makes its Brush the active tool only when the background *changes*; pressing Edit
+        # again on the same picture (same cached file) left no tool active and the next strokes went nowhere.
+        # Emptying the editor first makes every Edit a new background, so the brush is ready at once.
+        to_brush.click(lambda: None, None, editor, api_visibility="private", queue=False).then(
+            h.brush_background, ps_state, editor, api_visibility="private")
 
         def on_brush(ps, ed, model):
             ps = h.brush(app, ps, ed, model)
@@ -362,8 +373,9 @@ def build_app(app: AppState) -> gr.Blocks:
         resume_btn.click(guard(on_resume), job_id, [shown_final, *job_out, *result_out], api_visibility="private")
 
         def on_load(store, ps):
-            """Reattach: the job this browser started last, else the newest running one; the SAM 2 choice."""
-            store = store or {}
+            """Reattach: the job this browser started last, else the newest running one; the SAM 2 choice;
+            the prompt this browser was building (app/persist.py), with the controls that show it."""
+            store = dict(store or {})
             jid = store.get("job") or ""
             if jid and h.job_view(app, jid) is None:
                 jid = ""
@@ -373,9 +385,14 @@ def build_app(app: AppState) -> gr.Blocks:
             model = store.get("sam2_model") or default_model
             app.prefetch(model)
             view = h.job_view(app, jid)
-            return (jid, model, *status_line(view), "")
+            ps = h.restore(app, store.get("prompt"), ps, model)
+            store["prompt"] = ps.key
+            controls = (next(label for label, t in TOOLS.items() if t == ps.tool), ps.master, ps.layout,
+                        ps.max_frames)
+            return (jid, model, *status_line(view), "", store, *controls, *draw(ps, model, slider=True))
 
-        demo.load(on_load, [saved, ps_state], [job_id, sam2_model, *job_out, shown_final],
+        demo.load(on_load, [saved, ps_state],
+                  [job_id, sam2_model, *job_out, shown_final, saved, tool, master, layout, max_frames, *page_out],
                   api_visibility="private", show_progress="hidden")
 
         # ---- jobs tab ----------------------------------------------------------------------------------------

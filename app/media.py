@@ -144,10 +144,15 @@ def list_media(roots: jobs.Roots, limit: int = 500) -> list[tuple[str, str]]:
     return sorted(found)
 
 
+def upload_cache() -> Path:
+    """Where Gradio keeps uploads (GRADIO_TEMP_DIR, else <tmp>/gradio)."""
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
+
+
 def adopt_upload(upload: str, roots: jobs.Roots) -> Path:
     """Move an upload from Gradio's cache into the input volume (a job must outlive the cache and the app)."""
     src = Path(upload)
-    cache = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
+    cache = upload_cache()
     try:
         src = jobs.inside(src, [cache])
     except MattePodError:

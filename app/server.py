@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from app import persist
 from mattepod import config as configmod
 from mattepod import jobs
 from mattepod.errors import MattePodError
@@ -45,6 +46,9 @@ class AppState:
             root.mkdir(parents=True, exist_ok=True)
         self.base = configmod.load(base_config) if base_config else configmod.Config()
         self.manager = manager or jobs.JobManager(roots.output)
+        # each browser's prompt, kept across reloads and restarts (app/persist.py)
+        self.prompts = persist.PromptStore(roots.output / ".prompts")
+        self.prompts.prune()
         self._sam_lock = threading.Lock()
         self.sam_errors: dict[str, str] = {}  # model -> why it cannot be loaded (shown instead of "loading")
 

@@ -153,6 +153,8 @@ class PromptState:
     sam: bool = True  # SAM 2 can run in this app (weights present)
     message: str = ""  # the last refusal or note, one line (shown under the frame, never a server path)
     subjects: tuple = ()  # Subject values added with "Add subject" (several subjects, #16)
+    refused: bool = False  # ``message`` is a refusal of the last action (the page shows it once as a toast too)
+    key: str = ""  # the random name this prompt is saved under (app/persist.py), kept across every action
 
     @property
     def here(self) -> FramePrompt:
@@ -172,6 +174,7 @@ class LoadVideo:
 @dataclass(frozen=True)
 class LoadFailed:
     reason: str
+    refused: bool = True  # False: nothing was refused (the file box was emptied, a saved prompt was dropped)
 
 
 @dataclass(frozen=True, eq=False)
@@ -269,15 +272,17 @@ def clamp_frame(state: PromptState, index: float | int | None) -> int:
 
 def apply(state: PromptState, action: Action, segment: Segmenter | None = None) -> PromptState:
     """The next state after ``action``. ``segment`` runs SAM 2 on the image shown (None: not available)."""
-    st = replace(state, message="")
+    st = replace(state, message="", refused=False)
     if isinstance(action, LoadVideo):
         return PromptState(media=action.media, mode=action.mode, master=state.master, layout=state.layout,
                            frame=0, image=action.image, image_frame=0, view=action.view, tool=state.tool,
-                           max_frames=state.max_frames, sam=state.sam, message=action.media.vr_hint)
+                           max_frames=state.max_frames, sam=state.sam, message=action.media.vr_hint,
+                           key=state.key)
     if isinstance(action, LoadFailed):
         # nothing of the previous video stays active: Run must not start a job on it
         return PromptState(mode=state.mode, master=state.master, layout=state.layout, tool=state.tool,
-                           max_frames=state.max_frames, sam=state.sam, message=action.reason)
+                           max_frames=state.max_frames, sam=state.sam, message=action.reason,
+                           refused=action.refused, key=state.key)
     if isinstance(action, SetMaxFrames):
         return replace(st, max_frames=max(0, int(action.max_frames or 0)))
     if isinstance(action, SetSam):
@@ -286,7 +291,7 @@ def apply(state: PromptState, action: Action, segment: Segmenter | None = None) 
     if isinstance(action, SetTool):
         return replace(st, tool=action.tool, corner=None)
     if st.media is None:
-        return replace(st, message="load a video first")
+        return _refuse(st, "load a video first")
     if isinstance(action, ShowFrame):
         k = clamp_frame(st, action.index)
         return replace(st, frame=k, image=action.image, image_frame=k, view=action.view, corner=None)
@@ -299,7 +304,7 @@ def apply(state: PromptState, action: Action, segment: Segmenter | None = None) 
         try:
             frames = tuple(run_prompt(replace(st, subjects=())))
         except ValueError as err:
-            return replace(st, message=f"cannot add this subject yet: {err}")
+            return _refuse(st, f"cannot add this subject yet: {err}")
         n = len(st.subjects)
         sub = Subject(f"subject{n + 1}", PALETTE[n % len(PALETTE)], frames)
         return replace(st, subjects=(*st.subjects, sub), prompts={}, corner=None,
@@ -309,7 +314,7 @@ def apply(state: PromptState, action: Action, segment: Segmenter | None = None) 
     if isinstance(action, AddUpload):
         fp = FramePrompt(tuple(e for e in st.here.edits if not isinstance(e, Upload)))
         if action.mask is None:  # refused: the old upload goes too (the file box is emptied to match)
-            return _set_frame_prompt(replace(st, message=action.reason), fp, segment)
+            return _set_frame_prompt(_refuse(st, action.reason), fp, segment)
         up = Upload(np.asarray(action.mask, np.float32), action.name, action.path)
         return _set_frame_prompt(st, replace(fp, edits=(up, *fp.edits)), segment)
     if isinstance(action, RemoveUpload):
@@ -318,7 +323,7 @@ def apply(state: PromptState, action: Action, segment: Segmenter | None = None) 
     if isinstance(action, AddStroke):
         stroke = Stroke(np.asarray(action.add, bool), np.asarray(action.sub, bool))
         if not (stroke.add.any() or stroke.sub.any()):
-            return replace(st, message="nothing painted: paint green to add, red to erase")
+            return _refuse(st, "nothing painted: paint green to add, red to erase")
         return _set_frame_prompt(st, FramePrompt((*st.here.edits, stroke)), segment)
     if isinstance(action, Undo):
         if st.corner is not None:
@@ -331,17 +336,21 @@ def apply(state: PromptState, action: Action, segment: Segmenter | None = None) 
     raise TypeError(f"unknown action {action!r}")
 
 
+def _refuse(st: PromptState, reason: str) -> PromptState:
+    return replace(st, message=reason, refused=True)
+
+
 def _click(st: PromptState, action: ClickAt, segment: Segmenter | None) -> PromptState:
     h, w = st.image.shape[:2]
     x, y = float(action.x), float(action.y)
     if not (0 <= x < w and 0 <= y < h):
-        return replace(st, message=f"the click at {x:.0f},{y:.0f} is outside the frame ({w}×{h}): click on the image")
+        return _refuse(st, f"the click at {x:.0f},{y:.0f} is outside the frame ({w}×{h}): click on the image")
     if st.tool == "box":
         if st.corner is None:
             return replace(st, corner=(x, y), message="box: now click the opposite corner")
         (x0, y0), st = st.corner, replace(st, corner=None)
         if abs(x - x0) < 2 or abs(y - y0) < 2:
-            return replace(st, message="the box is too small: click two opposite corners of the subject")
+            return _refuse(st, "the box is too small: click two opposite corners of the subject")
         box = Box(min(x0, x), min(y0, y), max(x0, x), max(y0, y))
         edits = tuple(e for e in st.here.edits if not isinstance(e, Box))  # one box per frame
         return _set_frame_prompt(st, FramePrompt((*edits, box)), segment)
@@ -525,3 +534,146 @@ def describe_subjects(state: PromptState) -> str:
     bits = [f"<span style='color:{s.color}'>■</span> {s.name} (frames {', '.join(str(f.frame) for f in s.frames)})"
             for s in state.subjects]
     return "Subjects: " + " · ".join(bits) + f" · now prompting subject{len(state.subjects) + 1}"
+
+
+# ---------------------------------------------------------------- a plain record (kept across reloads) -------
+
+RECORD_VERSION = 1
+
+
+def to_record(state: PromptState) -> tuple[dict, dict[str, np.ndarray]]:
+    """``state`` as JSON types plus named bool arrays (every mask), for ``app/persist.py``.
+
+    The image is left out: it is the frame ``frame`` of the video and is decoded again on the way back
+    (:func:`from_record`). Masks are kept as bool: the rules above only ever read them thresholded at 0.5, so a
+    soft uploaded mask comes back with the same meaning."""
+    arrays: dict[str, np.ndarray] = {}
+
+    def put(name: str, mask: np.ndarray | None) -> str | None:
+        if mask is None:
+            return None
+        arrays[name] = np.asarray(mask) >= 0.5
+        return name
+
+    def edit(k: int, i: int, e: Edit) -> dict:
+        if isinstance(e, Upload):
+            return {"kind": "upload", "mask": put(f"p{k}_e{i}_upload", e.mask), "name": e.name, "path": e.path}
+        if isinstance(e, Click):
+            return {"kind": "click", "x": e.x, "y": e.y, "label": e.label}
+        if isinstance(e, Box):
+            return {"kind": "box", "x0": e.x0, "y0": e.y0, "x1": e.x1, "y1": e.y1}
+        return {"kind": "stroke", "add": put(f"p{k}_e{i}_add", e.add), "sub": put(f"p{k}_e{i}_sub", e.sub)}
+
+    prompts = [{"frame": k, "needs_sam": fp.needs_sam, "mask": put(f"p{k}_mask", fp.mask),
+                "edits": [edit(k, i, e) for i, e in enumerate(fp.edits)]} for k, fp in sorted(state.prompts.items())]
+    subjects = [{"name": s.name, "color": s.color,
+                 "frames": [{"frame": f.frame, "mask": put(f"s{n}_f{f.frame}_mask", f.mask),
+                             "points": [list(p) for p in f.points], "box": None if f.box is None else list(f.box)}
+                            for f in s.frames]}
+                for n, s in enumerate(state.subjects)]
+    meta = {"version": RECORD_VERSION, "key": state.key,
+            "media": None if state.media is None else vars(state.media).copy(),
+            "view": None if state.view is None else vars(state.view).copy(),
+            "mode": state.mode, "master": state.master, "layout": state.layout, "frame": state.frame,
+            "tool": state.tool, "corner": None if state.corner is None else list(state.corner),
+            "max_frames": state.max_frames, "sam": state.sam, "prompts": prompts, "subjects": subjects}
+    return meta, arrays
+
+
+def from_record(meta: dict, arrays: dict[str, np.ndarray], image: np.ndarray | None,
+                view: View | None = None) -> PromptState:
+    """The state :func:`to_record` described, on ``image`` (the frame ``meta['frame']`` decoded again, in the
+    ``view`` it was decoded with). Anything that does not fit -- another version, a mask of another size, a
+    prompt beyond the video, a value of the wrong type -- raises ValueError: the caller starts empty."""
+    try:
+        return _from_record(meta, arrays, image, view)
+    except (KeyError, TypeError, AttributeError, IndexError) as err:
+        raise ValueError(f"the saved prompt is not readable ({type(err).__name__}: {err})") from None
+
+
+def _from_record(meta: dict, arrays: dict[str, np.ndarray], image: np.ndarray | None,
+                 view: View | None) -> PromptState:
+    if meta.get("version") != RECORD_VERSION:
+        raise ValueError(f"the saved prompt has version {meta.get('version')!r}, not {RECORD_VERSION}")
+    base = dict(mode=_one_of(meta["mode"], ("mono", "vr180")), master=_one_of(meta["master"], ("left", "right")),
+                layout=str(meta["layout"]), tool=_one_of(meta["tool"], ("add", "remove", "box")),
+                max_frames=max(0, int(meta["max_frames"])), sam=bool(meta["sam"]), key=str(meta.get("key") or ""))
+    if meta["media"] is None:
+        return PromptState(**base)
+    m = meta["media"]
+    media = Media(str(m["path"]), str(m["name"]), int(m["width"]), int(m["height"]), int(m["frames"]),
+                  float(m["fps"]), str(m.get("vr_hint") or ""))
+    v = meta["view"]
+    saved_view = View(int(v["x"]), int(v["y"]), int(v["w"]), int(v["h"]), int(v["full_w"]), int(v["full_h"]),
+                      str(v.get("layout") or ""))
+    view = view or saved_view
+    if (view.w, view.h, view.full_w, view.full_h) != (saved_view.w, saved_view.h, saved_view.full_w,
+                                                       saved_view.full_h):
+        raise ValueError(f"the frame is {view.w}×{view.h} now, the prompt was made on {saved_view.w}×{saved_view.h}")
+    if image is None or tuple(image.shape[:2]) != (view.h, view.w):
+        raise ValueError("the frame image does not match the saved prompt")
+    frame = int(meta["frame"])
+    if not 0 <= frame < media.frames:
+        raise ValueError(f"frame {frame} is beyond the video's {media.frames} frames")
+
+    def get(name: str | None, shape: tuple[int, int]) -> np.ndarray | None:
+        if name is None:
+            return None
+        a = np.asarray(arrays[str(name)])
+        if a.dtype != bool or a.shape != shape:
+            raise ValueError(f"mask {name} is {a.shape} {a.dtype}, expected {shape} bool")
+        return a
+
+    def num(value) -> float:
+        x = float(value)
+        if not np.isfinite(x):
+            raise ValueError("a coordinate is not a number")
+        return x
+
+    shape = (view.h, view.w)
+    prompts = {}
+    for p in meta["prompts"]:
+        k = int(p["frame"])
+        if not 0 <= k < media.frames or k in prompts:
+            raise ValueError(f"a prompt on frame {k} does not fit the video")
+        edits: list = []
+        for e in p["edits"]:
+            kind = e["kind"]
+            if kind == "upload":
+                edits.append(Upload(get(e["mask"], shape).astype(np.float32), str(e["name"]), str(e.get("path") or "")))
+            elif kind == "click":
+                edits.append(Click(num(e["x"]), num(e["y"]), 1 if int(e["label"]) else 0))
+            elif kind == "box":
+                edits.append(Box(num(e["x0"]), num(e["y0"]), num(e["x1"]), num(e["y1"])))
+            elif kind == "stroke":
+                edits.append(Stroke(get(e["add"], shape), get(e["sub"], shape)))
+            else:
+                raise ValueError(f"unknown edit {kind!r}")
+        if not edits:
+            raise ValueError(f"frame {k} has no edits")
+        mask = get(p["mask"], shape)
+        prompts[k] = FramePrompt(tuple(edits), None if mask is None else mask.astype(np.float32),
+                                 bool(p["needs_sam"]))
+    full = (view.full_h, view.full_w)
+    subjects = []
+    for s in meta["subjects"]:
+        frames = []
+        for f in s["frames"]:
+            mask = get(f["mask"], full)
+            box = f["box"]
+            frames.append(FrameRequest(int(f["frame"]), None if mask is None else mask.astype(np.float32),
+                                       [[num(x), num(y), 1 if int(lab) else 0] for x, y, lab in f["points"]],
+                                       None if box is None else [num(b) for b in box][:4]))
+        if not frames:
+            raise ValueError("a subject has no frames")
+        subjects.append(Subject(str(s["name"]), str(s["color"]), tuple(frames)))
+    corner = meta.get("corner")
+    return PromptState(media=media, frame=frame, image=image, image_frame=frame, view=view, prompts=prompts,
+                       corner=None if corner is None else (num(corner[0]), num(corner[1])),
+                       subjects=tuple(subjects), **base)
+
+
+def _one_of(value, allowed: tuple) -> str:
+    if value not in allowed:
+        raise ValueError(f"{value!r} is not one of {allowed}")
+    return value

@@ -1,0 +1,146 @@
+"""The page's prompt, kept on the output volume so it survives a reload, a closed tab and a pod restart.
+
+Why on the server: the prompt holds masks (an uploaded one, SAM 2's, brush strokes) that are too big for the
+browser's storage, and the output volume is the one place that outlives the pod. The browser keeps only a
+random key (``gr.BrowserState``); the key is never a path: it must be a plain token (:data:`KEY`), and the file
+is ``<output>/.prompts/<key>.npz`` (a dot folder: never listed as a video, never a run).
+
+One file per key, written atomically (temporary file + ``os.replace``), at most :data:`MAX_BYTES` of masks
+(bit-packed), pruned by age and count. The record itself is ``app.state.to_record``: JSON types plus bool masks;
+reading uses ``np.load(allow_pickle=False)``, so a file in the volume can never run code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from app import state as st
+
+log = logging.getLogger("mattepod.app")
+
+KEY = re.compile(r"[A-Za-z0-9_-]{20,64}")
+MAX_BYTES = 96 * 1024 * 1024  # bit-packed masks of one prompt (8K: 4 MB per mask)
+MAX_FILES = 200  # prompts kept (the newest)
+MAX_AGE_S = 30 * 24 * 3600  # a prompt untouched for 30 days is dropped
+_META = "__meta__"
+
+
+def new_key() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def valid_key(key: object) -> str | None:
+    """``key`` when it is a token this module could have made, else None (never a path)."""
+    return key if isinstance(key, str) and KEY.fullmatch(key) else None
+
+
+class PromptStore:
+    """``<output>/.prompts``: save / load / prune the page's prompts by key."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self._lock = threading.Lock()
+        self._saved: dict[str, int] = {}  # key -> id() of the state last written (the same state is not rewritten)
+        self._writes = 0
+
+    def path(self, key: str) -> Path:
+        k = valid_key(key)
+        if k is None:
+            raise ValueError("not a prompt key")
+        return self.folder / f"{k}.npz"
+
+    def save(self, state: st.PromptState) -> bool:
+        """Write ``state`` under ``state.key`` (False: no key, or too large to keep -- logged)."""
+        key = valid_key(state.key)
+        if key is None or self._saved.get(key) == id(state):
+            return key is not None
+        if state.media is None and not self.path(key).exists():
+            return True  # nothing to keep yet: a visit that never loads a video leaves no file
+        meta, arrays = st.to_record(state)
+        packed = {}
+        shapes = {}
+        for name, a in arrays.items():
+            packed[name] = np.packbits(a, axis=None)
+            shapes[name] = list(a.shape)
+        size = sum(a.nbytes for a in packed.values())
+        if size > MAX_BYTES:
+            log.warning("prompt %s not saved: %d MB of masks is more than %d MB", key, size >> 20, MAX_BYTES >> 20)
+            return False
+        meta["shapes"] = shapes
+        packed[_META] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        path = self.path(key)
+        with self._lock:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{key}.{os.getpid()}.{threading.get_ident()}.tmp")
+            try:
+                with open(tmp, "wb") as fh:
+                    np.savez_compressed(fh, **packed)
+                os.replace(tmp, path)
+            except OSError as err:
+                log.warning("prompt %s not saved: %s", key, err)
+                tmp.unlink(missing_ok=True)
+                return False
+            self._saved[key] = id(state)
+            self._writes += 1
+            if self._writes % 50 == 1:
+                self.prune()
+        return True
+
+    def load(self, key: str | None) -> tuple[dict, dict[str, np.ndarray]] | None:
+        """(meta, bool arrays) saved under ``key``; None when there is none or it cannot be read."""
+        k = valid_key(key)
+        if k is None:
+            return None
+        path = self.path(k)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(bytes(z[_META]).decode())
+                shapes = meta.pop("shapes")
+                arrays = {}
+                for name, shape in shapes.items():
+                    h, w = (int(v) for v in shape)
+                    arrays[name] = np.unpackbits(z[name], count=h * w).astype(bool).reshape(h, w)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, zipfile.BadZipFile) as err:
+            log.warning("saved prompt %s is not readable (%s): starting empty", k, err)
+            return None
+        if not isinstance(meta, dict):
+            return None
+        return meta, arrays
+
+    def forget(self, key: str | None) -> None:
+        k = valid_key(key)
+        if k is not None:
+            self.path(k).unlink(missing_ok=True)
+            self._saved.pop(k, None)
+
+    def prune(self, now: float | None = None) -> int:
+        """Drop prompts older than :data:`MAX_AGE_S` and all but the newest :data:`MAX_FILES`; stale temporary
+        files too. Returns how many files went."""
+        now = time.time() if now is None else now
+        try:
+            entries = [(p.stat().st_mtime, p) for p in self.folder.iterdir() if p.is_file()]
+        except OSError:
+            return 0
+        gone = 0
+        kept = sorted(((t, p) for t, p in entries if p.suffix == ".npz"), key=lambda e: e[0], reverse=True)
+        doomed = [p for t, p in kept[MAX_FILES:]] + [p for t, p in kept[:MAX_FILES] if now - t > MAX_AGE_S]
+        doomed += [p for t, p in entries if p.suffix == ".tmp" and now - t > 3600]
+        for p in doomed:
+            try:
+                p.unlink()
+                gone += 1
+            except OSError:
+                pass
+        return gone
