@@ -95,7 +95,8 @@ def build_app(app: AppState) -> gr.Blocks:
         shown_final = gr.State("")  # the job whose final results are on the page (drawn once, not every tick)
         # the browser keeps only keys: its last job, its SAM 2 size and the random name its prompt is saved
         # under on the output volume (app/persist.py), so a reload / closed tab / pod restart loses nothing
-        saved = gr.BrowserState({"job": "", "sam2_model": "", "prompt": ""}, storage_key="mattepod")
+        saved = gr.BrowserState({"job": "", "sam2_model": "", "prompt": ""}, storage_key="mattepod",
+                                secret=app.prompts.secret())
 
         with gr.Tab("Matte"):
             with gr.Row(equal_height=False):
@@ -288,11 +289,7 @@ def build_app(app: AppState) -> gr.Blocks:
                            concurrency_limit=1, concurrency_id="sam2")
         mask_upload.clear(lambda ps, m: draw(h.remove_mask(app, ps, m), m), [ps_state, sam2_model], page_out,
                           api_visibility="private")
-        # Gradio's editor makes its Brush the active tool only when the background *changes*; pressing Edit
-        # again on the same picture (same cached file) left no tool active and the next strokes went nowhere.
-        # Emptying the editor first makes every Edit a new background, so the brush is ready at once.
-        to_brush.click(lambda: None, None, editor, api_visibility="private", queue=False).then(
-            h.brush_background, ps_state, editor, api_visibility="private")
+        to_brush.click(h.brush_background, ps_state, editor, api_visibility="private")
 
         def on_brush(ps, ed, model):
             ps = h.brush(app, ps, ed, model)

@@ -53,6 +53,29 @@ class PromptStore:
         self._saved: dict[str, int] = {}  # key -> id() of the state last written (the same state is not rewritten)
         self._writes = 0
 
+    def secret(self) -> str:
+        """The key that encrypts what the page keeps in the browser (``gr.BrowserState``). Gradio makes a new
+        one at every start, which made a restarted pod unable to read its browsers' keys; this one is made once
+        and kept next to the prompts (mode 0600)."""
+        path = self.folder / "browser-secret"
+        try:
+            text = path.read_text().strip()
+            if len(text) >= 32:
+                return text
+        except OSError:
+            pass
+        value = secrets.token_urlsafe(32)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(value)
+        except FileExistsError:
+            return path.read_text().strip() or value  # another process made it first
+        except OSError as err:
+            log.warning("browser secret not kept (%s): a restart forgets the browsers' prompts", err)
+        return value
+
     def path(self, key: str) -> Path:
         k = valid_key(key)
         if k is None:

@@ -63,9 +63,9 @@ def free_port() -> int:
 class RunningApp:
     """app/gradio_app.py started for real on 127.0.0.1 in its own process group."""
 
-    def __init__(self, root: Path, env: dict[str, str] | None = None):
+    def __init__(self, root: Path, env: dict[str, str] | None = None, port: int | None = None):
         self.root = root
-        self.port = free_port()
+        self.port = port or free_port()  # the same port again: a restarted pod (the browser's storage is per port)
         self.url = f"http://127.0.0.1:{self.port}/"
         self.input, self.output, self.weights = root / "input", root / "output", root / "weights"
         for d in (self.input, self.output, self.weights):

@@ -233,3 +233,14 @@ def test_refusals_are_marked_notes_are_not(app):
     assert not h.load_video(app, ps, None, NO_SAM).refused  # an emptied file box refuses nothing
     assert h.upload_mask(app, st.PromptState(), "/x.png", NO_SAM).refused
     assert not h.set_view(app, out, ps.mode, ps.master, ps.layout, NO_SAM).refused  # not toasted twice
+
+
+def test_the_browser_secret_outlives_the_process(roots, app):
+    first = app.prompts.secret()
+    assert len(first) >= 32 and app.prompts.secret() == first
+    assert (roots.output / ".prompts" / "browser-secret").stat().st_mode & 0o077 == 0
+    again = AppState(roots)
+    try:
+        assert again.prompts.secret() == first  # a restarted pod reads what its browsers keep
+    finally:
+        again.manager.close()
