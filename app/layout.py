@@ -36,6 +36,8 @@ CSS = """
 #run-row button { min-width: 90px; }
 #run-status { min-height: 1.6em; }
 #preview-gallery.stale { opacity: 0.35; }
+#preview-gallery .thumbnail-item { aspect-ratio: 16 / 10 !important; }
+#preview-gallery .fixed-height { min-height: 0 !important; }
 #page-message { color: var(--body-text-color-subdued); min-height: 1.2em; }
 @media (max-width: 640px) {
   #frame img { max-height: 55vh !important; }
@@ -130,7 +132,7 @@ def build_app(app: AppState) -> gr.Blocks:
                     run_md = gr.Markdown("", elem_id="run-status")
                     # preview (issue 13): the matte on a few frames after the prompt, from a short low-res run
                     preview_md = gr.Markdown("", elem_id="preview-status")
-                    preview_gallery = gr.Gallery(label="Preview", columns=4, height=200, visible=False,
+                    preview_gallery = gr.Gallery(label="Preview", columns=4, rows=1, height="auto", visible=False,
                                                  elem_id="preview-gallery", object_fit="contain")
                     preview_stop = gr.Button("Stop preview", size="sm", visible=False, elem_id="preview-stop")
                 with gr.Column(scale=2, min_width=300):
