@@ -391,6 +391,8 @@ def job_view(app: AppState, job_id: str | None) -> JobView | None:
     if info.status == jobs.COMPLETED and (scores := page_markdown(info.run_dir)):  # issue 17: quality.json
         line += "\n\n" + scores
     final = info.status in jobs.FINAL
+    if final and (seqs := info.folders()):  # image sequences are folders: they come in the zip
+        line += f"\n\nImage sequences ({', '.join(sorted(seqs))}): download them with **Zip outputs**."
     return JobView(info.id, info.status, line, can_cancel=info.status in (jobs.QUEUED, jobs.RUNNING)
                    and not info.cancelling, can_resume=info.resumable, can_delete=final, final=final,
                    outputs=info.outputs, playable=playable(info), files=info.files(), previews=info.previews,

@@ -270,7 +270,13 @@ class JobInfo:
         return asdict(self)
 
     def files(self) -> list[str]:
-        return list(self.outputs.values()) + list(self.previews)
+        """What can be downloaded one by one: the output files and previews (a PNG-sequence output is a
+        folder: it is in :meth:`folders` and in the zip, not here)."""
+        return [p for p in self.outputs.values() if Path(p).is_file()] + list(self.previews)
+
+    def folders(self) -> dict[str, str]:
+        """Outputs that are folders (png, alpha16, idmap sequences): format -> path."""
+        return {fmt: p for fmt, p in self.outputs.items() if Path(p).is_dir()}
 
     def summary(self) -> str:
         """One line: 'running · matting 4/79 frames · 2.35 fps · ETA 0:00:32 · 0:00:10 elapsed'."""
@@ -317,15 +323,30 @@ def fmt_fps(fps: float) -> str:
     return f"{fps:.3g}"
 
 
-def _files_in(run: Path, names: Iterable[str]) -> list[Path]:
+def _files_in(run: Path, names: Iterable[str], folders: bool = False) -> list[Path]:
+    """The named entries of the run folder that exist (files; also folders with ``folders``)."""
     out = []
     for name in names:
         try:
             p = inside(run / str(name), [run])
         except MattePodError:
             continue  # a metadata entry pointing outside its own run folder is never served
-        if p.is_file():
+        if p.is_file() or (folders and p.is_dir()):
             out.append(p)
+    return out
+
+
+def _folder_files(run: Path, folder: Path) -> list[Path]:
+    """The regular files of an output folder, sorted; symlinks and anything resolving outside the run are
+    skipped (a zip never carries files from elsewhere)."""
+    out = []
+    for p in sorted(folder.rglob("*")):
+        if p.is_symlink() or not p.is_file():
+            continue
+        try:
+            out.append(inside(p, [run]))
+        except MattePodError:
+            continue
     return out
 
 
@@ -368,7 +389,7 @@ def read_job(run: Path, live_status: str | None = None, position: int | None = N
     outputs: dict[str, str] = {}
     if isinstance(outputs_meta, dict):
         for fmt, name in outputs_meta.items():
-            found = _files_in(run, [name])
+            found = _files_in(run, [name], folders=True)
             if found:
                 outputs[str(fmt)] = str(found[0])
     previews = [str(p) for p in _files_in(run, meta.get("previews") or [])]
@@ -573,10 +594,12 @@ class JobManager:
 
         run = self.run_path(job_id)
         info = read_job(run)
-        members = [Path(p) for p in info.files()]
-        members += [run / n for n in ("config.yaml", "metadata.json", "prompt_mask.png") if (run / n).is_file()]
         if not info.outputs:
             raise RunStateError(f"job {run.name} has no outputs yet", "wait until it has completed")
+        members = [Path(p) for p in info.files()]
+        for folder in info.folders().values():  # PNG / alpha16 / idmap sequences: every frame
+            members += _folder_files(run, Path(folder))
+        members += [run / n for n in ("config.yaml", "metadata.json", "prompt_mask.png") if (run / n).is_file()]
         dest = run / f"{run.name}.zip"
         newest = max(p.stat().st_mtime for p in members)
         if dest.is_file() and dest.stat().st_mtime >= newest:
