@@ -41,6 +41,7 @@ CSS = """
 #page-message { color: var(--body-text-color-subdued); min-height: 1.2em; }
 @media (max-width: 640px) {
   #frame img { max-height: 55vh !important; }
+  #preview-gallery .grid-container { grid-template-columns: repeat(2, minmax(100px, 1fr)) !important; }
 }
 """
 CONFIRM_CANCEL = "Stop this job? It stops at the next frame and can be resumed later."

@@ -178,3 +178,16 @@ def test_the_gallery_overlay_follows_soft_alpha():
     assert (out[:, 0] == 100).all()  # no matte: the frame as it is
     assert out[4, 7, 1] > out[4, 2, 1] > 100  # full matte tints more than a quarter
     assert (out[4, 5] == 255).all() and (out[4, 4] == 255).all()  # the 0.5 contour is drawn white
+
+
+def test_stop_a_preview_and_two_browsers_share_one_preview_slot(app, tmp_path):
+    ps = h.load_video(app, st.PromptState(), str(app.roots.input / "clip.mp4"), NO_SAM)
+    ps = with_mask(app, ps, 0, tmp_path)
+    mine = h.start_preview(app, ps, OPTS)
+    theirs = h.start_preview(app, ps, OPTS)  # another browser (no previous record): waits for the slot
+    view = h.preview_view(app, theirs, theirs["prompt"], OPTS)
+    assert view.running and "waits" in view.line
+    h.stop_preview(app, theirs)
+    view = h.preview_view(app, theirs, theirs["prompt"], OPTS)
+    assert view.final and not view.running and view.line == "Preview stopped." and view.items is None
+    assert wait_final(app, mine, mine["prompt"]).items  # the other browser's preview is not disturbed

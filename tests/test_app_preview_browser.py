@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.app_harness import REPO, RunningApp, box_mask, make_clip, render_frame
-from tests.test_app_browser import ARGS, CHROMIUM, DESKTOP, frame_number, upload_video
+from tests.test_app_browser import ARGS, CHROMIUM, DESKTOP, PHONE, frame_number, upload_video
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -95,6 +95,13 @@ def test_preview_shows_the_matte_on_the_next_frames_and_goes_stale(app, browser,
     for k in (6, 14, 22, 30):
         assert f"frame {k}" in gallery_text, gallery_text
     page.screenshot(path=str(ARTIFACTS / "1920-07-preview.png"), full_page=True)
+    page.set_viewport_size(PHONE)  # on a phone: two pictures a row, captions readable
+    page.wait_for_timeout(500)
+    page.locator("#preview-gallery").scroll_into_view_if_needed()
+    widths = page.eval_on_selector_all("#preview-gallery img", "els => els.map(e => e.getBoundingClientRect().width)")
+    assert min(widths) > 120, widths
+    page.screenshot(path=str(ARTIFACTS / "390-04-preview.png"), full_page=True)
+    page.set_viewport_size(DESKTOP)
 
     # each picture is that frame of the video under the matte the preview run wrote for it
     runs = list((app.output / ".previews").iterdir())
