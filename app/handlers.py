@@ -521,6 +521,11 @@ def preview_key(ps: st.PromptState) -> str:
     return previewmod.prompt_key(ps)
 
 
+def preview_service(app: AppState) -> previewmod.Previews:
+    """The app's preview queue over ``<output>/.previews/`` (made once; leftovers removed then)."""
+    return previewmod.service(app.roots.output)
+
+
 def start_preview(app: AppState, ps: st.PromptState, overrides: dict[str, Any],
                   previous: dict | None = None) -> dict:
     """Preview: the same prompt as Run (``preview.plan`` refuses exactly what Run refuses), shorter and
@@ -536,7 +541,7 @@ def start_preview(app: AppState, ps: st.PromptState, overrides: dict[str, Any],
             find_matanyone_weights(app.base.engine.model, app.roots.weights)
         except MattePodError as err:
             raise _public(err) from None
-    svc = previewmod.service(app.roots.output)
+    svc = preview_service(app)
     svc.retire((previous or {}).get("id"))
     if plan.subjects:
         info = submit_subjects(app, ps.media.path, list(plan.subjects), plan.overrides, manager=svc.manager,
@@ -555,7 +560,7 @@ def preview_view(app: AppState, record: dict | None, key: str, overrides: dict[s
     if not record:
         return PreviewView("")
     stale = record["prompt"] != key or record["options"] != previewmod.options_key(overrides)
-    svc = previewmod.service(app.roots.output)
+    svc = preview_service(app)
     first, last = record["start"], record["start"] + record["count"] - 1
     span = f"frames {first}–{last}"
     try:
@@ -593,7 +598,7 @@ def stop_preview(app: AppState, record: dict | None) -> None:
     """Stop: SIGTERM now; the run stops at a frame boundary (its folder goes with the next preview)."""
     if not record:
         return
-    svc = previewmod.service(app.roots.output)
+    svc = preview_service(app)
     try:
         svc.manager.cancel(record["id"], wait=False)
     except MattePodError as err:

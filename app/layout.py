@@ -392,6 +392,7 @@ def build_app(app: AppState) -> gr.Blocks:
 
         # ---- preview (issue 13): a short low-res run of what Run would send, kept apart from the jobs -------
 
+        h.preview_service(app)  # previews an earlier app process left behind are removed now
         preview_rec = gr.State(None)  # this browser's latest preview (handlers.start_preview)
         preview_drawn = gr.State("")  # what the gallery shows: "<id>:fresh" / "<id>:stale" / ""
         preview_out = [preview_md, preview_gallery, preview_stop, preview_drawn]
