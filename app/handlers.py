@@ -530,11 +530,18 @@ def start_preview(app: AppState, ps: st.PromptState, overrides: dict[str, Any],
                   previous: dict | None = None) -> dict:
     """Preview: the same prompt as Run (``preview.plan`` refuses exactly what Run refuses), shorter and
     smaller. The browser's previous preview is stopped and deleted; returns the browser's new record."""
+    from mattepod.device import resolve
+
     try:
-        plan = previewmod.plan(ps, overrides)
+        engine = overrides.get("engine.name") or app.base.engine.name  # the mask engine costs nothing anywhere
+        cpu = engine != "mask" and resolve(str(overrides.get("engine.device") or app.base.engine.device)) == "cpu"
+    except MattePodError as err:
+        raise _public(err) from None
+    try:
+        plan = previewmod.plan(ps, overrides, cpu=cpu)
     except ValueError as err:
         raise PageError(mediamod.public_message(err)) from None
-    if (plan.overrides.get("engine.name") or app.base.engine.name) == "matanyone":
+    if engine == "matanyone":
         from mattepod.matting import find_matanyone_weights
 
         try:

@@ -10,6 +10,8 @@ the same front door and job layer -- only shorter and smaller:
   and named;
 - the matting size is capped at ``MAX_SIZE`` pixels on the short side (``engine.max_size``), it writes no video
   (``outputs.formats: []``), only the pipeline's own preview PNGs on ``SHOWN`` frames spread over the span;
+- on the CPU the span is ``CPU_SECONDS`` at ``CPU_MAX_SIZE``: MatAnyone there runs at ~0.2 fps at 384x682 on
+  a busy 2-core box (75 frames took 7.5 minutes), so 2.5 s of video would be no preview at all;
 - it runs in its own folder ``<output>/.previews/`` with its own one-slot queue: it never waits behind a long
   job, never shows up in the Jobs list or the volume listing, never touches a real run folder. A browser
   keeps only its latest preview (the one before is stopped and deleted) and at most ``KEEP`` preview folders
@@ -45,6 +47,7 @@ SECONDS = 2.5  # how much video after the prompt frame a preview covers
 MIN_FRAMES, MAX_FRAMES = 8, 150
 SHOWN = 4  # frames shown in the gallery (the pipeline's preview PNGs: first, last and evenly between)
 MAX_SIZE = 384  # matting size cap, short side in pixels (engine.max_size)
+CPU_SECONDS, CPU_MAX_SIZE = 1.0, 256  # the same on the CPU, where MatAnyone is ~100x slower than on a GPU
 THUMB_WIDTH = 480  # gallery images are written at most this wide
 KEEP = 8  # preview folders kept in all (each browser keeps its latest)
 # options that change the matte a preview shows (the others -- formats, colour -- do not)
@@ -67,8 +70,9 @@ class Plan:
     left_out: tuple = ()  # one short line each: keyframes / subjects after the span
 
 
-def span_length(fps: float) -> int:
-    return max(MIN_FRAMES, min(MAX_FRAMES, int(round(SECONDS * (fps or 25.0)))))
+def span_length(fps: float, cpu: bool = False) -> int:
+    seconds = CPU_SECONDS if cpu else SECONDS
+    return max(MIN_FRAMES, min(MAX_FRAMES, int(round(seconds * (fps or 25.0)))))
 
 
 def shown_frames(count: int, n: int = SHOWN) -> list[int]:
@@ -76,8 +80,9 @@ def shown_frames(count: int, n: int = SHOWN) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, count - 1, num=min(n, count))})
 
 
-def plan(ps: st.PromptState, overrides: dict[str, Any]) -> Plan:
-    """What a preview of this page runs. Raises ValueError exactly when Run would refuse (same checks)."""
+def plan(ps: st.PromptState, overrides: dict[str, Any], cpu: bool = False) -> Plan:
+    """What a preview of this page runs (``cpu``: the engine runs on the CPU: shorter and smaller). Raises
+    ValueError exactly when Run would refuse (same checks)."""
     if ps.media is None:
         raise ValueError("choose a video first (upload one or pick a file from the volume)")
     limit_ps = replace(ps, max_frames=int(overrides.get("max_frames") or 0))
@@ -88,7 +93,7 @@ def plan(ps: st.PromptState, overrides: dict[str, Any]) -> Plan:
         frames = st.run_prompt(limit_ps)
         start = frames[0].frame
     limit = ps.media.frames if not limit_ps.max_frames else min(ps.media.frames, limit_ps.max_frames)
-    count = max(1, min(span_length(ps.media.fps), limit - start))
+    count = max(1, min(span_length(ps.media.fps, cpu), limit - start))
     end = start + count
 
     def shift(reqs, who: str = "") -> tuple[tuple, list[str]]:
@@ -113,9 +118,9 @@ def plan(ps: st.PromptState, overrides: dict[str, Any]) -> Plan:
     else:
         single, left = shift(frames)
     o = dict(overrides)
-    size = int(o.get("engine.max_size") or -1)
+    size, cap = int(o.get("engine.max_size") or -1), CPU_MAX_SIZE if cpu else MAX_SIZE
     o.update({"start_frame": start, "max_frames": count, "outputs.formats": [], "outputs.previews": SHOWN,
-              "engine.max_size": MAX_SIZE if size <= 0 else min(size, MAX_SIZE), "quality.gt": None})
+              "engine.max_size": cap if size <= 0 else min(size, cap), "quality.gt": None})
     return Plan(start, count, tuple(start + i for i in shown_frames(count)), single, subjects, o, tuple(left))
 
 

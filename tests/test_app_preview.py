@@ -141,6 +141,8 @@ def test_plan_near_the_end_with_max_frames_and_subjects(app, tmp_path):
     p = pv.plan(ps, {**OPTS, "max_frames": 34, "engine.max_size": 200})
     assert (p.start, p.count, p.shown) == (30, 4, (30, 31, 32, 33))  # never past Max frames
     assert p.overrides["engine.max_size"] == 200  # a smaller size the user chose is kept
+    p = pv.plan(h.show_frame(app, ps, 0, NO_SAM), OPTS, cpu=True)  # MatAnyone on a CPU: 1 s at <= 256 px
+    assert (p.start, p.count, p.shown, p.overrides["engine.max_size"]) == (30, 10, (30, 33, 36, 39), 256)
     ps = h.update(app, ps, st.AddSubject(), NO_SAM)
     ps = with_mask(app, ps, 2, tmp_path)  # the second subject starts earlier: the span starts there
     p = pv.plan(ps, OPTS)
