@@ -125,13 +125,14 @@ def check_job_id(job_id: str) -> str:
 def create_run(cfg: configmod.Config, output_dir: str | Path, stem: str | None = None,
                mask: "np.ndarray | None" = None, keyframe_masks: "dict[int, np.ndarray] | None" = None,
                subjects: "list[dict] | None" = None,
-               subject_masks: "dict[tuple[str, int], np.ndarray] | None" = None) -> Path:
+               subject_masks: "dict[tuple[str, int], np.ndarray] | None" = None, kind: str = "run") -> Path:
     """Make ``<output>/<stem>_<YYYYmmdd-HHMMSS>/`` (a suffix when taken), write config.yaml and job.json.
 
     ``mask`` (float (H, W) in [0, 1], e.g. SAM 2 + brush edits from the UI) is saved as the run's own
     ``prompt_mask.png`` and becomes ``prompt.mask``, so the job needs no SAM 2 and the run is repeatable.
     ``keyframe_masks`` ({frame: mask}, corrections made on other frames) become ``keyframe_NNNNNN.png``
-    entries of ``prompt.keyframes`` the same way.
+    entries of ``prompt.keyframes`` the same way. ``kind`` is recorded in job.json: ``run``, or ``preview``
+    for the page's short low-resolution check of a prompt (kept apart from the Jobs list, see app/preview.py).
     """
     output_dir = Path(output_dir).resolve()
     run = new_run_dir(output_dir, paths.slug(stem or Path(cfg.input or "run").stem))  # the one naming
@@ -168,7 +169,7 @@ def create_run(cfg: configmod.Config, output_dir: str | Path, stem: str | None =
         data["prompt"]["subjects"] = subs
     cfg = configmod.validate(data, "job config")
     (run / "config.yaml").write_text(configmod.dump(cfg))
-    _write_json(run / JOB_FILE, {"status": QUEUED, "created": time.time(), "input": cfg.input,
+    _write_json(run / JOB_FILE, {"status": QUEUED, "created": time.time(), "input": cfg.input, "kind": kind,
                                  "pid": None, "exit_code": None, "error": None})
     return run
 
@@ -263,6 +264,7 @@ class JobInfo:
     cancelling: bool = False  # Cancel was pressed; the job is stopping at a frame boundary
     resumable: bool = False  # interrupted/cancelled/failed with a run the CLI can --resume (or never started)
     proxies: dict[str, str] = field(default_factory=dict)  # format -> browser-playable 8-bit H.264 preview
+    kind: str = "run"  # "preview": the page's short check of a prompt (app/preview.py), never listed as a job
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -416,7 +418,7 @@ def read_job(run: Path, live_status: str | None = None, position: int | None = N
         created=job.get("created") or (run.stat().st_mtime if run.exists() else None),
         exit_code=job.get("exit_code"), started=started, finished=finished, elapsed=elapsed,
         cancelling=bool(job.get("cancel_requested")) and status == RUNNING, resumable=resumable,
-        proxies=proxies)
+        proxies=proxies, kind=str(job.get("kind") or "run"))
 
 
 # ---------------------------------------------------------------- manager -------------------------------------
