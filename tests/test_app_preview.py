@@ -193,3 +193,34 @@ def test_stop_a_preview_and_two_browsers_share_one_preview_slot(app, tmp_path):
     view = h.preview_view(app, theirs, theirs["prompt"], OPTS)
     assert view.final and not view.running and view.line == "Preview stopped." and view.items is None
     assert wait_final(app, mine, mine["prompt"]).items  # the other browser's preview is not disturbed
+
+
+def test_a_vr180_preview_of_two_subjects_shows_both_eyes_in_the_subject_colours(app, tmp_path):
+    import subprocess
+
+    clip = app.roots.input / "trip_LR_180.mp4"  # the name says VR180 side by side: the page switches mode
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=256x128:rate=10",
+                    "-frames:v", "40", "-pix_fmt", "yuv420p", str(clip)], check=True)
+    opts = {**OPTS, "stereo.mode": "vr180"}
+    ps = h.load_video(app, st.PromptState(), str(clip), NO_SAM)
+    assert ps.mode == "vr180" and (ps.view.w, ps.view.full_w) == (128, 256)
+    for frame, (x0, x1) in ((4, (10, 50)), (0, (70, 120))):  # subject1 on frame 4, subject2 on frame 0
+        m = np.zeros((128, 128), np.uint8)
+        m[30:90, x0:x1] = 255
+        cv2.imwrite(str(tmp_path / f"s{frame}.png"), m)
+        ps = h.upload_mask(app, h.show_frame(app, ps, frame, NO_SAM), str(tmp_path / f"s{frame}.png"), NO_SAM)
+        if frame == 4:
+            ps = h.update(app, ps, st.AddSubject(), NO_SAM)
+    rec = h.start_preview(app, ps, opts)
+    assert (rec["start"], rec["count"], rec["subjects"]) == (0, 25, True)
+    view = wait_final(app, rec, h.preview_key(ps), opts)
+    assert [c for _, c in view.items] == ["frame 0", "frame 8", "frame 16", "frame 24"]
+    pic = cv2.cvtColor(cv2.imread(view.items[0][0]), cv2.COLOR_BGR2RGB).astype(int)
+    assert pic.shape[:2] == (128, 256)  # the whole frame: the master eye and the eye derived from it
+    # subject1 (red, #FF4040, its anchor on frame 4 carried back to 0) and subject2 (blue, #40A0FF) in the master eye
+    r, g, b = pic[60, 30]
+    assert r > b + 60 and r > g + 60, pic[60, 30]
+    r, g, b = pic[60, 95]
+    assert b > r + 60, pic[60, 95]
+    cfg = yaml.safe_load((Path(view.items[0][0]).parent / "config.yaml").read_text())
+    assert cfg["stereo"]["mode"] == "vr180" and [s["frame"] for s in cfg["prompt"]["subjects"]] == [4, 0]
