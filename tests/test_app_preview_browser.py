@@ -125,6 +125,24 @@ def test_preview_shows_the_matte_on_the_next_frames_and_goes_stale(app, browser,
                            timeout=10_000)
     page.screenshot(path=str(ARTIFACTS / "1920-08-preview-stale.png"), full_page=True)
 
+    # a new preview replaces the old one (stopped, its folder deleted); Stop stops it at a frame (a long
+    # warm-up keeps it running until then, on any machine)
+    page.get_by_text("Outputs and options").click()
+    page.get_by_label("Warm-up").fill("1000")
+    page.get_by_label("Warm-up").press("Tab")
+    page.locator("#mask-upload input[type=file]").set_input_files(str(mask))
+    page.wait_for_function("() => !document.querySelector('#preview').disabled")
+    page.click("#preview")
+    wait_text(page, "#preview-status", "Previewing frames 6–15", timeout=30_000)
+    assert not page.locator("#preview-gallery img").count() or not page.locator("#preview-gallery").is_visible()
+    page.wait_for_selector("#preview-stop", state="visible")
+    page.click("#preview-stop")
+    wait_text(page, "#preview-status", "Preview stopped.", timeout=30_000)
+    page.wait_for_selector("#preview-stop", state="hidden")
+    assert not run.exists()  # the replaced preview's folder is gone
+    (stopped,) = list((app.output / ".previews").iterdir())
+    assert "warmup: 1000" in (stopped / "config.yaml").read_text()  # the page's options go to the preview
+
     # kept apart from the jobs: no row in the Jobs tab, no run folder among the real ones
     page.get_by_role("tab", name="Jobs").click()
     page.get_by_role("button", name="Refresh").click()
