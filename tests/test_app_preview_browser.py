@@ -1,9 +1,10 @@
 """Preview in a real browser (issue 13): Debian's headless chromium driven by Playwright against the real app,
-which runs MatAnyone (generated stand-in weights) on the CPU at low resolution for a few seconds of video.
+which runs MatAnyone (generated stand-in weights) on the CPU at low resolution for a second of video.
 
 Upload a clip, go to frame 6, upload a mask for it, press Preview: the gallery shows the matte over frames
-6, 9, 12 and 15 (the next second at 10 fps: MatAnyone on a CPU previews 1 s at <= 256 px), each the right frame of the video; changing the prompt marks the
-preview stale; the preview never appears in the Jobs tab. Screenshots go to test-artifacts/gradio-browser/.
+6, 9, 12 and 15 (the next second at 10 fps: MatAnyone on a CPU previews 1 s at <= 256 px), each the right
+frame of the video; changing the prompt marks the preview stale; a new preview replaces it and Stop stops it;
+the preview never appears in the Jobs tab. Screenshots go to test-artifacts/gradio-browser/.
 """
 
 from pathlib import Path
