@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from app import media as mediamod
+from app import preview as previewmod
 from app import state as st
 from app.server import AppState
 from mattepod import config as configmod
@@ -296,12 +297,14 @@ def build_config(app: AppState, input_path: Path, overrides: dict[str, Any],
 
 
 def submit(app: AppState, input_path: str, frames: list[st.FrameRequest],
-           overrides: dict[str, Any]) -> jobs.JobInfo:
+           overrides: dict[str, Any], manager: jobs.JobManager | None = None, kind: str = "run") -> jobs.JobInfo:
     """Validate everything, create the run folder (config + prompt masks), queue it.
 
     ``frames``: the anchor first, then keyframes; a frame with a mask sends the mask (saved in the run folder),
     one without sends its clicks/box for the job's SAM 2. ``prompt.subjects`` in the options (several subjects,
-    API only) replaces the single prompt."""
+    API only) replaces the single prompt. ``manager``/``kind``: a preview goes to its own queue and folder
+    (app/preview.py)."""
+    manager = manager or app.manager
     if not input_path:
         raise PageError("choose a video first (upload one or pick a file from the volume)")
     src = resolve_input(app, input_path)
@@ -330,12 +333,12 @@ def submit(app: AppState, input_path: str, frames: list[st.FrameRequest],
         key_masks = {k.frame: k.mask for k in keys if k.mask is not None}
     cfg = build_config(app, src, overrides, prompt)
     try:
-        run = jobs.create_run(cfg, app.roots.output, mask=anchor_mask, keyframe_masks=key_masks)
-        job_id = app.manager.submit(run)
+        run = jobs.create_run(cfg, manager.output_dir, mask=anchor_mask, keyframe_masks=key_masks, kind=kind)
+        job_id = manager.submit(run)
     except MattePodError as err:
         raise _public(err) from None
-    log.info("job %s queued (%s)", job_id, src.name)
-    return app.manager.status(job_id)
+    log.info("%s %s queued (%s)", kind, job_id, src.name)
+    return manager.status(job_id)
 
 
 def run(app: AppState, ps: st.PromptState, overrides: dict[str, Any]) -> jobs.JobInfo:
@@ -351,10 +354,12 @@ def run(app: AppState, ps: st.PromptState, overrides: dict[str, Any]) -> jobs.Jo
 
 
 def submit_subjects(app: AppState, input_path: str, subjects: list[st.Subject],
-                    overrides: dict[str, Any]) -> jobs.JobInfo:
+                    overrides: dict[str, Any], manager: jobs.JobManager | None = None,
+                    kind: str = "run") -> jobs.JobInfo:
     """Several subjects from the page (#16): each subject's anchor and keyframes become a ``prompt.subjects``
     entry; masks (brush, upload, SAM 2 in the page) are saved in the run folder, clicks/boxes go to the
     job's SAM 2, as for the single prompt."""
+    manager = manager or app.manager
     src = resolve_input(app, input_path)
     if not src.is_file():
         raise PageError(f"{src.name} does not exist any more -> upload it again")
@@ -387,12 +392,12 @@ def submit_subjects(app: AppState, input_path: str, subjects: list[st.Subject],
         cfg = cfg.model_copy(update={"outputs": cfg.outputs.model_copy(
             update={"formats": [*cfg.outputs.formats, *only_subjects]})})
     try:
-        run = jobs.create_run(cfg, app.roots.output, subjects=entries, subject_masks=masks)
-        job_id = app.manager.submit(run)
+        run = jobs.create_run(cfg, manager.output_dir, subjects=entries, subject_masks=masks, kind=kind)
+        job_id = manager.submit(run)
     except MattePodError as err:
         raise _public(err) from None
-    log.info("job %s queued (%s, %d subjects)", job_id, src.name, len(entries))
-    return app.manager.status(job_id)
+    log.info("%s %s queued (%s, %d subjects)", kind, job_id, src.name, len(entries))
+    return manager.status(job_id)
 
 
 def ui_overrides(formats, engine, scale, max_size, erode, dilate, warmup, colour, mode, master, layout,
@@ -452,6 +457,8 @@ def job_view(app: AppState, job_id: str | None) -> JobView | None:
     if info.status == jobs.COMPLETED and (scores := page_markdown(info.run_dir)):  # issue 17: quality.json
         line += "\n\n" + scores
     final = info.status in jobs.FINAL
+    if final and (seqs := info.folders()):  # image sequences are folders: they come in the zip
+        line += f"\n\nImage sequences ({', '.join(sorted(seqs))}): download them with **Zip outputs**."
     return JobView(info.id, info.status, line, can_cancel=info.status in (jobs.QUEUED, jobs.RUNNING)
                    and not info.cancelling, can_resume=info.resumable, can_delete=final, final=final,
                    outputs=info.outputs, playable=playable(info), files=info.files(), previews=info.previews,
@@ -558,3 +565,114 @@ def parse_options(options: str | None) -> dict[str, Any]:
     if not isinstance(opts, dict):
         raise PageError("options must be a JSON object of config keys")
     return opts
+
+
+# ---------------------------------------------------------------- preview (issue 13) ---------------------------
+# A short low-resolution run of exactly what Run would send, on the next seconds after the anchor frame,
+# in its own queue and folder (app/preview.py). The page keeps one record per browser (a plain dict).
+
+
+@dataclass
+class PreviewView:
+    """The preview area: one status line, the gallery once the preview has finished, what Stop can do."""
+
+    line: str
+    items: list | None = None  # [(image path, "frame N")] of a finished preview
+    running: bool = False  # queued or running: Stop can act
+    stale: bool = False  # the prompt or a matte option changed since: never shown as current
+    final: bool = False
+
+
+def preview_key(ps: st.PromptState) -> str:
+    return previewmod.prompt_key(ps)
+
+
+def preview_service(app: AppState) -> previewmod.Previews:
+    """The app's preview queue over ``<output>/.previews/`` (made once; leftovers removed then)."""
+    return previewmod.service(app.roots.output)
+
+
+def start_preview(app: AppState, ps: st.PromptState, overrides: dict[str, Any],
+                  previous: dict | None = None) -> dict:
+    """Preview: the same prompt as Run (``preview.plan`` refuses exactly what Run refuses), shorter and
+    smaller. The browser's previous preview is stopped and deleted; returns the browser's new record."""
+    from mattepod.device import resolve
+
+    try:
+        engine = overrides.get("engine.name") or app.base.engine.name  # the mask engine costs nothing anywhere
+        cpu = engine != "mask" and resolve(str(overrides.get("engine.device") or app.base.engine.device)) == "cpu"
+    except MattePodError as err:
+        raise _public(err) from None
+    try:
+        plan = previewmod.plan(ps, overrides, cpu=cpu)
+    except ValueError as err:
+        raise PageError(mediamod.public_message(err)) from None
+    if engine == "matanyone":
+        from mattepod.matting import find_matanyone_weights
+
+        try:
+            find_matanyone_weights(app.base.engine.model, app.roots.weights)
+        except MattePodError as err:
+            raise _public(err) from None
+    svc = preview_service(app)
+    svc.retire((previous or {}).get("id"))
+    if plan.subjects:
+        info = submit_subjects(app, ps.media.path, list(plan.subjects), plan.overrides, manager=svc.manager,
+                               kind="preview")
+    else:
+        info = submit(app, ps.media.path, list(plan.frames), plan.overrides, manager=svc.manager, kind="preview")
+    svc.prune(keep=info.id)
+    return {"id": info.id, "prompt": previewmod.prompt_key(ps), "options": previewmod.options_key(overrides),
+            "start": plan.start, "count": plan.count, "shown": list(plan.shown), "subjects": bool(plan.subjects),
+            "engine": plan.overrides.get("engine.name") or app.base.engine.name,
+            "size": plan.overrides["engine.max_size"], "left_out": list(plan.left_out), "input": ps.media.path}
+
+
+def preview_view(app: AppState, record: dict | None, key: str, overrides: dict[str, Any]) -> PreviewView:
+    """The browser's preview as it stands, and whether it is still the preview of the page's prompt."""
+    if not record:
+        return PreviewView("")
+    stale = record["prompt"] != key or record["options"] != previewmod.options_key(overrides)
+    svc = preview_service(app)
+    first, last = record["start"], record["start"] + record["count"] - 1
+    span = f"frames {first}–{last}"
+    try:
+        info = svc.manager.status(record["id"])
+    except MattePodError:
+        return PreviewView("This preview is gone (replaced or cleaned up): press Preview again.", stale=True,
+                           final=True)
+    view = PreviewView("", stale=stale, running=info.status in (jobs.QUEUED, jobs.RUNNING),
+                       final=info.status in jobs.FINAL)
+    if info.status == jobs.QUEUED:
+        view.line = f"Preview of {span} waits for the preview before it to stop…"
+    elif info.status == jobs.RUNNING:
+        view.line = f"Previewing {span} ({record['engine']}, ≤{record['size']} px) — {info.summary()}"
+    elif info.status == jobs.COMPLETED:
+        try:
+            view.items = previewmod.gallery(Path(info.run_dir), record["input"], first, record["subjects"])
+            shown = ", ".join(c.split()[-1] for _, c in view.items)
+            view.line = (f"Preview of {span} ({record['engine']}, ≤{record['size']} px): the matte on frames "
+                         f"{shown}. Run mattes the whole video at full size.")
+        except (MattePodError, OSError, ValueError) as err:
+            view.line = f"Preview images could not be made: {mediamod.public_message(err)}"
+    elif info.status == jobs.CANCELLED:
+        view.line = "Preview stopped."
+    else:
+        view.line = "Preview failed: " + mediamod.public_message((info.error or {}).get("message", info.status))
+    if record.get("left_out"):
+        view.line += " Not in this preview: " + "; ".join(record["left_out"]) + "."
+    if stale:
+        view.line = ("**Stale:** the prompt or the options changed since this preview -> press Preview again. "
+                     f"(It shows the earlier prompt: {view.line})")
+    return view
+
+
+def stop_preview(app: AppState, record: dict | None) -> None:
+    """Stop: SIGTERM now; the run stops at a frame boundary (its folder goes with the next preview)."""
+    if not record:
+        return
+    svc = preview_service(app)
+    try:
+        svc.manager.cancel(record["id"], wait=False)
+    except MattePodError as err:
+        raise _public(err) from None

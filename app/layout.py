@@ -35,9 +35,13 @@ CSS = """
 #tools button { min-width: 64px; }
 #run-row button { min-width: 90px; }
 #run-status { min-height: 1.6em; }
+#preview-gallery.stale { opacity: 0.35; }
+#preview-gallery .thumbnail-item { aspect-ratio: 16 / 10 !important; }
+#preview-gallery .fixed-height { min-height: 0 !important; }
 #page-message { color: var(--body-text-color-subdued); min-height: 1.2em; }
 @media (max-width: 640px) {
   #frame img { max-height: 55vh !important; }
+  #preview-gallery .grid-container { grid-template-columns: repeat(2, minmax(100px, 1fr)) !important; }
 }
 """
 CONFIRM_CANCEL = "Stop this job? It stops at the next frame and can be resumed later."
@@ -122,6 +126,7 @@ def build_app(app: AppState) -> gr.Blocks:
                                              elem_id="frame-slider")
                     with gr.Row(elem_id="run-row"):
                         run_btn = gr.Button("Run", variant="primary", elem_id="run", interactive=False)
+                        preview_btn = gr.Button("Preview", elem_id="preview", interactive=False)  # issue 13
                         cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel", interactive=False)
                         resume_btn = gr.Button("Resume", elem_id="resume", interactive=False)
                     with gr.Row(visible=False, elem_id="confirm-cancel") as confirm_row:
@@ -129,6 +134,11 @@ def build_app(app: AppState) -> gr.Blocks:
                         confirm_yes = gr.Button("Stop it", variant="stop", elem_id="confirm-yes", size="sm")
                         confirm_no = gr.Button("Keep running", elem_id="confirm-no", size="sm")
                     run_md = gr.Markdown("", elem_id="run-status")
+                    # preview (issue 13): the matte on a few frames after the prompt, from a short low-res run
+                    preview_md = gr.Markdown("", elem_id="preview-status")
+                    preview_gallery = gr.Gallery(label="Preview", columns=4, rows=1, height="auto", visible=False,
+                                                 elem_id="preview-gallery", object_fit="contain")
+                    preview_stop = gr.Button("Stop preview", size="sm", visible=False, elem_id="preview-stop")
                 with gr.Column(scale=2, min_width=300):
                     prompt_md = gr.Markdown("", elem_id="prompt-info")
                     sam_md = gr.Markdown("", elem_id="sam-status")
@@ -209,8 +219,9 @@ def build_app(app: AppState) -> gr.Blocks:
 
         # ---- the prompt area: every control -> one handler -> one redraw -------------------------------------
 
+        preview_key = gr.State("")  # the prompt's fingerprint: a preview of another one is shown as stale
         page_out = [ps_state, frame_img, frame_slider, media_md, prompt_md, message, run_btn, mask_upload,
-                    vr_group, layout_md, mode, sam_md]
+                    vr_group, layout_md, mode, sam_md, preview_btn, preview_key]
 
         def draw(ps: st.PromptState, model: str, slider: bool = False) -> tuple:
             """The prompt area from the state. The slider is only set when the state moved it (a new video,
@@ -226,7 +237,8 @@ def build_app(app: AppState) -> gr.Blocks:
                      else gr.skip())
             return (ps, p.image, slide,
                     p.media_md, p.prompt_md, msg, gr.update(interactive=p.run_enabled), p.mask_file,
-                    gr.update(visible=p.vr), p.layout_md, p.mode, h.sam_status(app, ps, model))
+                    gr.update(visible=p.vr), p.layout_md, p.mode, h.sam_status(app, ps, model),
+                    gr.update(interactive=p.run_enabled), h.preview_key(ps))  # Preview: exactly when Run
 
         def on_video(path, ps, model):
             return draw(h.load_video(app, ps, path, model), model, slider=True)
@@ -273,7 +285,7 @@ def build_app(app: AppState) -> gr.Blocks:
                 note = ("waiting for SAM 2 to finish embedding this frame…" if "embedding" in busy or
                         "loading" in busy else "computing the mask…")
                 pending = h.pending_click(ps, x, y)
-                yield (gr.skip(), pending, *[gr.skip()] * 3, note, *[gr.skip()] * 6)
+                yield (gr.skip(), pending, *[gr.skip()] * 3, note, *[gr.skip()] * (len(page_out) - 6))
             yield draw(h.click(app, ps, x, y, model), model)
 
         frame_img.select(guard(on_click), [ps_state, sam2_model], page_out, api_visibility="private",
@@ -391,6 +403,55 @@ def build_app(app: AppState) -> gr.Blocks:
         demo.load(on_load, [saved, ps_state],
                   [job_id, sam2_model, *job_out, shown_final, saved, tool, master, layout, max_frames, *page_out],
                   api_visibility="private", show_progress="hidden")
+
+        # ---- preview (issue 13): a short low-res run of what Run would send, kept apart from the jobs -------
+
+        h.preview_service(app)  # previews an earlier app process left behind are removed now
+        preview_rec = gr.State(None)  # this browser's latest preview (handlers.start_preview)
+        preview_drawn = gr.State("")  # what the gallery shows: "<id>:fresh" / "<id>:stale" / ""
+        preview_out = [preview_md, preview_gallery, preview_stop, preview_drawn]
+        serial = {"concurrency_limit": 1, "concurrency_id": "preview", "api_visibility": "private"}
+
+        def preview_panel(rec, key, drawn, *opts):
+            """The preview line and gallery from the record; the gallery is redrawn only when what it should
+            show changes (finished, stale, current again)."""
+            if not rec:
+                return (gr.skip(),) * len(preview_out)
+            try:
+                overrides = h.ui_overrides(*opts)
+            except (TypeError, ValueError):  # a number box being typed in: Run would refuse it too
+                overrides = {}
+            view = h.preview_view(app, rec, key, overrides)
+            want = f"{rec['id']}:{'stale' if view.stale else 'fresh'}" if view.items else ""
+            gallery = gr.skip()
+            if want != drawn:
+                if not view.items:
+                    gallery = gr.update(value=None, visible=False)
+                elif view.stale:
+                    gallery = gr.update(value=view.items, visible=True, elem_classes=["stale"],
+                                        label="Preview of an earlier prompt (stale)")
+                else:
+                    gallery = gr.update(value=view.items, visible=True, elem_classes=[], label="Preview")
+            return view.line, gallery, gr.update(visible=view.running), want
+
+        def on_preview(ps, rec, *opts):
+            rec = h.start_preview(app, ps, h.ui_overrides(*opts), rec)
+            line, _, stop, _ = preview_panel(rec, rec["prompt"], "", *opts)
+            return rec, line, gr.update(value=None, visible=False), stop, ""  # the old gallery goes at once
+
+        preview_btn.click(guard(on_preview), [ps_state, preview_rec, *option_inputs], [preview_rec, *preview_out],
+                          **serial)
+        panel_in = [preview_rec, preview_key, preview_drawn, *option_inputs]
+        fast.tick(preview_panel, panel_in, preview_out, show_progress="hidden", **serial)
+        preview_key.change(preview_panel, panel_in, preview_out, show_progress="hidden", **serial)
+        for ctl in (engine, scale, max_size, erode, dilate, warmup, sam2_model):
+            ctl.input(preview_panel, panel_in, preview_out, show_progress="hidden", **serial)
+
+        def on_preview_stop(rec, key, drawn, *opts):
+            h.stop_preview(app, rec)
+            return preview_panel(rec, key, drawn, *opts)
+
+        preview_stop.click(guard(on_preview_stop), panel_in, preview_out, **serial)
 
         # ---- jobs tab ----------------------------------------------------------------------------------------
 

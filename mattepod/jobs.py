@@ -125,13 +125,14 @@ def check_job_id(job_id: str) -> str:
 def create_run(cfg: configmod.Config, output_dir: str | Path, stem: str | None = None,
                mask: "np.ndarray | None" = None, keyframe_masks: "dict[int, np.ndarray] | None" = None,
                subjects: "list[dict] | None" = None,
-               subject_masks: "dict[tuple[str, int], np.ndarray] | None" = None) -> Path:
+               subject_masks: "dict[tuple[str, int], np.ndarray] | None" = None, kind: str = "run") -> Path:
     """Make ``<output>/<stem>_<YYYYmmdd-HHMMSS>/`` (a suffix when taken), write config.yaml and job.json.
 
     ``mask`` (float (H, W) in [0, 1], e.g. SAM 2 + brush edits from the UI) is saved as the run's own
     ``prompt_mask.png`` and becomes ``prompt.mask``, so the job needs no SAM 2 and the run is repeatable.
     ``keyframe_masks`` ({frame: mask}, corrections made on other frames) become ``keyframe_NNNNNN.png``
-    entries of ``prompt.keyframes`` the same way.
+    entries of ``prompt.keyframes`` the same way. ``kind`` is recorded in job.json: ``run``, or ``preview``
+    for the page's short low-resolution check of a prompt (kept apart from the Jobs list, see app/preview.py).
     """
     output_dir = Path(output_dir).resolve()
     run = new_run_dir(output_dir, paths.slug(stem or Path(cfg.input or "run").stem))  # the one naming
@@ -168,7 +169,7 @@ def create_run(cfg: configmod.Config, output_dir: str | Path, stem: str | None =
         data["prompt"]["subjects"] = subs
     cfg = configmod.validate(data, "job config")
     (run / "config.yaml").write_text(configmod.dump(cfg))
-    _write_json(run / JOB_FILE, {"status": QUEUED, "created": time.time(), "input": cfg.input,
+    _write_json(run / JOB_FILE, {"status": QUEUED, "created": time.time(), "input": cfg.input, "kind": kind,
                                  "pid": None, "exit_code": None, "error": None})
     return run
 
@@ -263,12 +264,19 @@ class JobInfo:
     cancelling: bool = False  # Cancel was pressed; the job is stopping at a frame boundary
     resumable: bool = False  # interrupted/cancelled/failed with a run the CLI can --resume (or never started)
     proxies: dict[str, str] = field(default_factory=dict)  # format -> browser-playable 8-bit H.264 preview
+    kind: str = "run"  # "preview": the page's short check of a prompt (app/preview.py), never listed as a job
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def files(self) -> list[str]:
-        return list(self.outputs.values()) + list(self.previews)
+        """What can be downloaded one by one: the output files and previews (a PNG-sequence output is a
+        folder: it is in :meth:`folders` and in the zip, not here)."""
+        return [p for p in self.outputs.values() if Path(p).is_file()] + list(self.previews)
+
+    def folders(self) -> dict[str, str]:
+        """Outputs that are folders (png, alpha16, idmap sequences): format -> path."""
+        return {fmt: p for fmt, p in self.outputs.items() if Path(p).is_dir()}
 
     def summary(self) -> str:
         """One line: 'running · matting 4/79 frames · 2.35 fps · ETA 0:00:32 · 0:00:10 elapsed'."""
@@ -315,15 +323,30 @@ def fmt_fps(fps: float) -> str:
     return f"{fps:.3g}"
 
 
-def _files_in(run: Path, names: Iterable[str]) -> list[Path]:
+def _files_in(run: Path, names: Iterable[str], folders: bool = False) -> list[Path]:
+    """The named entries of the run folder that exist (files; also folders with ``folders``)."""
     out = []
     for name in names:
         try:
             p = inside(run / str(name), [run])
         except MattePodError:
             continue  # a metadata entry pointing outside its own run folder is never served
-        if p.is_file():
+        if p.is_file() or (folders and p.is_dir()):
             out.append(p)
+    return out
+
+
+def _folder_files(run: Path, folder: Path) -> list[Path]:
+    """The regular files of an output folder, sorted; symlinks and anything resolving outside the run are
+    skipped (a zip never carries files from elsewhere)."""
+    out = []
+    for p in sorted(folder.rglob("*")):
+        if p.is_symlink() or not p.is_file():
+            continue
+        try:
+            out.append(inside(p, [run]))
+        except MattePodError:
+            continue
     return out
 
 
@@ -366,7 +389,7 @@ def read_job(run: Path, live_status: str | None = None, position: int | None = N
     outputs: dict[str, str] = {}
     if isinstance(outputs_meta, dict):
         for fmt, name in outputs_meta.items():
-            found = _files_in(run, [name])
+            found = _files_in(run, [name], folders=True)
             if found:
                 outputs[str(fmt)] = str(found[0])
     previews = [str(p) for p in _files_in(run, meta.get("previews") or [])]
@@ -395,7 +418,7 @@ def read_job(run: Path, live_status: str | None = None, position: int | None = N
         created=job.get("created") or (run.stat().st_mtime if run.exists() else None),
         exit_code=job.get("exit_code"), started=started, finished=finished, elapsed=elapsed,
         cancelling=bool(job.get("cancel_requested")) and status == RUNNING, resumable=resumable,
-        proxies=proxies)
+        proxies=proxies, kind=str(job.get("kind") or "run"))
 
 
 # ---------------------------------------------------------------- manager -------------------------------------
@@ -571,10 +594,12 @@ class JobManager:
 
         run = self.run_path(job_id)
         info = read_job(run)
-        members = [Path(p) for p in info.files()]
-        members += [run / n for n in ("config.yaml", "metadata.json", "prompt_mask.png") if (run / n).is_file()]
         if not info.outputs:
             raise RunStateError(f"job {run.name} has no outputs yet", "wait until it has completed")
+        members = [Path(p) for p in info.files()]
+        for folder in info.folders().values():  # PNG / alpha16 / idmap sequences: every frame
+            members += _folder_files(run, Path(folder))
+        members += [run / n for n in ("config.yaml", "metadata.json", "prompt_mask.png") if (run / n).is_file()]
         dest = run / f"{run.name}.zip"
         newest = max(p.stat().st_mtime for p in members)
         if dest.is_file() and dest.stat().st_mtime >= newest:
