@@ -23,7 +23,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python app/gradio_app.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from starlette.middleware import Middleware  # noqa: E402
+
 from app.layout import CSS, build_app  # noqa: E402
+from app.login import LoginPage  # noqa: E402
 from app.server import AppState, settings  # noqa: E402
 from mattepod import jobs  # noqa: E402
 
@@ -58,7 +61,10 @@ def main() -> None:
                     "!!  input/output folders. Set GRADIO_USERNAME + GRADIO_PASSWORD (or APP_PASSWORD).\n%s",
                     banner, banner)
     demo.queue(default_concurrency_limit=4)
+    # our sign-in page in front of Gradio's /login (app/login.py: keeps the username after a wrong password)
+    login = {"middleware": [Middleware(LoginPage)]} if auth else None
     demo.launch(
+        app_kwargs=login,
         server_name=cfg["server_name"], server_port=cfg["server_port"], share=False, auth=auth,
         auth_message="MattePod" if auth else None, root_path=cfg["root_path"], max_file_size=cfg["max_file_size"],
         allowed_paths=[str(roots.input), str(roots.output)], ssr_mode=False, footer_links=["api"],
