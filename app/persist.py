@@ -19,6 +19,7 @@ import re
 import secrets
 import threading
 import time
+import weakref
 import zipfile
 from pathlib import Path
 
@@ -50,7 +51,12 @@ class PromptStore:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self._lock = threading.Lock()
-        self._saved: dict[str, int] = {}  # key -> id() of the state last written (the same state is not rewritten)
+        self._cond = threading.Condition()
+        self._pending: dict[str, st.PromptState] = {}  # key -> the latest state not yet written
+        self._busy = 0
+        self._worker: threading.Thread | None = None
+        self._written: dict[str, weakref.ref] = {}  # key -> the state last written (not written twice)
+        self._packed: dict[int, tuple] = {}  # id(mask) -> (weak ref to the mask, its packed bits)
         self._writes = 0
 
     def secret(self) -> str:
@@ -83,18 +89,52 @@ class PromptStore:
         return self.folder / f"{k}.npz"
 
     def save(self, state: st.PromptState) -> bool:
-        """Write ``state`` under ``state.key`` (False: no key, or too large to keep -- logged)."""
+        """Keep ``state`` under ``state.key``, written by a background thread so a redraw never waits on the
+        disk (a drag over many frames writes only the latest state). False: no valid key."""
         key = valid_key(state.key)
-        if key is None or self._saved.get(key) == id(state):
-            return key is not None
+        if key is None:
+            return False
+        with self._cond:
+            self._pending[key] = state
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._run, name="prompt-store", daemon=True)
+                self._worker.start()
+            self._cond.notify_all()
+        return True
+
+    def flush(self, timeout: float = 60) -> bool:
+        """Wait until every state handed to :meth:`save` is on disk (a reload reads the latest one)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._pending))
+                key, state = self._pending.popitem()
+                self._busy += 1
+            try:
+                self.write(state)
+            except Exception as exc:  # noqa: BLE001 - keeping the prompt is a courtesy: log, go on
+                log.warning("prompt %s not saved: %s", key, exc)
+            finally:
+                with self._cond:
+                    self._busy -= 1
+                    self._cond.notify_all()
+
+    def write(self, state: st.PromptState) -> bool:
+        """Write ``state`` now (False: no key, too large to keep, or the disk refused -- logged)."""
+        key = valid_key(state.key)
+        if key is None:
+            return False
+        last = self._written.get(key)
+        if last is not None and last() is state:
+            return True  # this very state is on disk already
         if state.media is None and not self.path(key).exists():
             return True  # nothing to keep yet: a visit that never loads a video leaves no file
         meta, arrays = st.to_record(state)
-        packed = {}
-        shapes = {}
-        for name, a in arrays.items():
-            packed[name] = np.packbits(a, axis=None)
-            shapes[name] = list(a.shape)
+        shapes = {name: list(np.shape(a)) for name, a in arrays.items()}
+        packed = {name: self._bits(a) for name, a in arrays.items()}
         size = sum(a.nbytes for a in packed.values())
         if size > MAX_BYTES:
             log.warning("prompt %s not saved: %d MB of masks is more than %d MB", key, size >> 20, MAX_BYTES >> 20)
@@ -106,24 +146,42 @@ class PromptStore:
             self.folder.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{key}.{os.getpid()}.{threading.get_ident()}.tmp")
             try:
-                with open(tmp, "wb") as fh:
-                    np.savez_compressed(fh, **packed)
+                # an .npz np.load reads, deflated at level 1: bit-packed masks are mostly runs, and level 6
+                # cost seconds per save on a 4K prompt with many masks for a few kB less
+                with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+                    for name, a in packed.items():
+                        with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
+                            np.lib.format.write_array(fh, a, allow_pickle=False)
                 os.replace(tmp, path)
             except OSError as err:
                 log.warning("prompt %s not saved: %s", key, err)
                 tmp.unlink(missing_ok=True)
                 return False
-            self._saved[key] = id(state)
+            self._written[key] = weakref.ref(state)
             self._writes += 1
             if self._writes % 50 == 1:
                 self.prune()
         return True
+
+    def _bits(self, mask: np.ndarray) -> np.ndarray:
+        """``mask >= 0.5`` bit-packed, remembered per array: the state's masks are immutable and most of them
+        are the same objects from one save to the next (a frame change re-packs nothing)."""
+        hit = self._packed.get(id(mask))
+        if hit is not None and hit[0]() is mask:
+            return hit[1]
+        bits = np.packbits(np.asarray(mask) >= 0.5, axis=None)
+        try:
+            self._packed[id(mask)] = (weakref.ref(mask, lambda _r, i=id(mask): self._packed.pop(i, None)), bits)
+        except TypeError:  # an array that takes no weak reference is packed every time
+            pass
+        return bits
 
     def load(self, key: str | None) -> tuple[dict, dict[str, np.ndarray]] | None:
         """(meta, bool arrays) saved under ``key``; None when there is none or it cannot be read."""
         k = valid_key(key)
         if k is None:
             return None
+        self.flush()
         path = self.path(k)
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -145,8 +203,9 @@ class PromptStore:
     def forget(self, key: str | None) -> None:
         k = valid_key(key)
         if k is not None:
+            self.flush()
             self.path(k).unlink(missing_ok=True)
-            self._saved.pop(k, None)
+            self._written.pop(k, None)
 
     def prune(self, now: float | None = None) -> int:
         """Drop prompts older than :data:`MAX_AGE_S` and all but the newest :data:`MAX_FILES`; stale temporary

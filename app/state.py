@@ -542,17 +542,17 @@ RECORD_VERSION = 1
 
 
 def to_record(state: PromptState) -> tuple[dict, dict[str, np.ndarray]]:
-    """``state`` as JSON types plus named bool arrays (every mask), for ``app/persist.py``.
+    """``state`` as JSON types plus its named masks (the state's own arrays, not copied), for ``app/persist.py``.
 
     The image is left out: it is the frame ``frame`` of the video and is decoded again on the way back
-    (:func:`from_record`). Masks are kept as bool: the rules above only ever read them thresholded at 0.5, so a
-    soft uploaded mask comes back with the same meaning."""
+    (:func:`from_record`). Masks are stored as bool (``mask >= 0.5``): the rules above only ever read them
+    thresholded at 0.5, so a soft uploaded mask comes back with the same meaning."""
     arrays: dict[str, np.ndarray] = {}
 
     def put(name: str, mask: np.ndarray | None) -> str | None:
         if mask is None:
             return None
-        arrays[name] = np.asarray(mask) >= 0.5
+        arrays[name] = mask
         return name
 
     def edit(k: int, i: int, e: Edit) -> dict:

@@ -88,6 +88,7 @@ def same_page(a: st.PromptState, b: st.PromptState) -> None:
 def test_a_restart_restores_every_part_of_the_prompt(roots, app, tmp_path):
     ps = build(app, tmp_path)
     h.save(app, ps)
+    assert app.prompts.flush()
     files = list((roots.output / ".prompts").glob("*.npz"))
     assert [f.name for f in files] == [f"{ps.key}.npz"]
     assert files[0].stat().st_size < 20_000  # bit-packed, compressed masks
@@ -110,6 +111,7 @@ def test_a_restart_restores_every_part_of_the_prompt(roots, app, tmp_path):
 def test_the_store_keeps_the_latest_state_and_nothing_for_a_visit_without_a_video(roots, app, tmp_path):
     ps = h.restore(app, None, st.PromptState(), NO_SAM)
     h.save(app, ps)
+    app.prompts.flush()
     assert not (roots.output / ".prompts").exists() or not any((roots.output / ".prompts").iterdir())
     ps = h.load_video(app, ps, str(roots.input / "clip.mp4"), NO_SAM)
     h.save(app, ps)
@@ -197,9 +199,9 @@ def test_files_that_are_not_ours_start_empty(roots, app, tmp_path, monkeypatch):
 def test_size_bound_and_pruning(roots, app, tmp_path, monkeypatch):
     ps = build(app, tmp_path)
     monkeypatch.setattr(persist, "MAX_BYTES", 100)
-    assert not app.prompts.save(ps)
+    assert not app.prompts.write(ps)
     monkeypatch.setattr(persist, "MAX_BYTES", 96 << 20)
-    assert app.prompts.save(ps)
+    assert app.prompts.write(ps)
     folder = roots.output / ".prompts"
     now = time.time()
     for i in range(5):
