@@ -137,6 +137,7 @@ def test_preview_shows_the_matte_on_the_next_frames_and_goes_stale(app, browser,
     wait_text(page, "#preview-status", "Previewing frames 6–15", timeout=30_000)
     assert not page.locator("#preview-gallery img").count() or not page.locator("#preview-gallery").is_visible()
     page.wait_for_selector("#preview-stop", state="visible")
+    page.screenshot(path=str(ARTIFACTS / "1920-09-previewing.png"), full_page=True)
     page.click("#preview-stop")
     wait_text(page, "#preview-status", "Preview stopped.", timeout=30_000)
     page.wait_for_selector("#preview-stop", state="hidden")
