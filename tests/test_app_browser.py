@@ -233,8 +233,7 @@ def test_brush_run_reload_reattaches_cancel_and_resume(app, browser, tmp_path):
     page.get_by_role("button", name="Edit this frame's mask with the brush").click()
     canvas = page.locator("#brush canvas").filter(visible=True).first
     canvas.wait_for()
-    page.wait_for_timeout(1000)
-    page.locator("#brush button[aria-label='Brush']").first.click()  # the editor's brush tool
+    page.wait_for_timeout(1000)  # no tool is picked: the editor's brush is active (test_app_persist_browser.py)
     bb = canvas.bounding_box()
     x0, y0 = bb["x"] + bb["width"] * 0.75, bb["y"] + bb["height"] * 0.3
     page.mouse.move(x0, y0)

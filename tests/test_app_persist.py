@@ -246,3 +246,17 @@ def test_the_browser_secret_outlives_the_process(roots, app):
         assert again.prompts.secret() == first  # a restarted pod reads what its browsers keep
     finally:
         again.manager.close()
+
+
+def test_a_vr180_prompt_comes_back_on_its_eye(roots, app):
+    sbs = make_clip(roots.input / "scene_LR_180.mp4", frames=4, w=192, h=96)  # the name says VR180
+    ps = h.restore(app, None, st.PromptState(), NO_SAM)
+    ps = h.load_video(app, ps, str(sbs), NO_SAM)
+    ps = h.set_view(app, ps, "vr180", "right", "auto", NO_SAM)  # the right eye is the master now
+    ps = h.show_frame(app, ps, 2, NO_SAM)
+    ps = h.click(app, ps, 30, 40, NO_SAM)
+    h.save(app, ps)
+    back = h.restore(app, ps.key, st.PromptState(), NO_SAM)
+    assert (back.mode, back.master, back.view) == ("vr180", "right", ps.view) and back.view.x == 96
+    same_page(ps, back)
+    assert st.run_prompt(back)[0].points == [[30 + 96, 40, 1]]  # full-frame pixels, on the right eye
