@@ -16,14 +16,11 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.app_harness import BOX, REPO, RunningApp, box_mask, make_clip, make_long_clip
+from tests.app_harness import ARGS, BOX, CHROMIUM, REPO, RunningApp, chromium, box_mask, make_clip, make_long_clip
 from tests.weightgen import make_sam2_weights
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
 ARTIFACTS = REPO / "test-artifacts" / "gradio-browser"
 DESKTOP, PHONE = {"width": 1920, "height": 1080}, {"width": 390, "height": 844}
 # Page coordinates of an image pixel, the way Gradio maps clicks back (object-fit contain / scale-down).
@@ -51,12 +48,8 @@ def app(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(app):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def text_has(page, selector: str, needle: str, timeout: float = 60_000) -> None:

@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.app_harness import BOX, RunningApp, box_mask, make_clip
-from tests.test_app_browser import (ARGS, ARTIFACTS, CHROMIUM, DESKTOP, PHONE, click_pixel, frame_number, shot,
+from tests.app_harness import BOX, RunningApp, box_mask, chromium, make_clip
+from tests.test_app_browser import (ARTIFACTS, CHROMIUM, DESKTOP, PHONE, click_pixel, frame_number, shot,
                                     text_has, upload_video)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -52,12 +52,8 @@ def app(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(app):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def snapshot(page) -> dict:

@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.app_harness import REPO, RunningApp, box_mask, make_clip, render_frame
-from tests.test_app_browser import ARGS, CHROMIUM, DESKTOP, PHONE, frame_number, upload_video
+from tests.app_harness import REPO, RunningApp, box_mask, chromium, make_clip, render_frame
+from tests.test_app_browser import CHROMIUM, DESKTOP, PHONE, frame_number, text_has, upload_video
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -41,22 +41,8 @@ def app(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(app):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with chromium() as b:
         yield b
-        b.close()
-
-
-def wait_text(page, selector: str, needle: str, timeout: float = 60_000) -> None:
-    try:
-        page.wait_for_function("([s, n]) => (document.querySelector(s)?.innerText || '').includes(n)",
-                               arg=[selector, needle], timeout=timeout)
-    except Exception:
-        page.screenshot(path=str(ARTIFACTS / "preview-failed.png"), full_page=True)
-        raise AssertionError(f"{selector} never showed {needle!r}; it shows "
-                             f"{page.locator(selector).inner_text()!r}") from None
 
 
 def shows_frame(overlay: np.ndarray, alpha: np.ndarray, k: int) -> float:
@@ -74,21 +60,21 @@ def test_preview_shows_the_matte_on_the_next_frames_and_goes_stale(app, browser,
     page.goto(app.url)
     page.wait_for_selector("#upload")
     upload_video(page, clip)
-    wait_text(page, "#media-info", "40 frames")
+    text_has(page, "#media-info", "40 frames")
     assert page.locator("#preview").is_disabled() and page.locator("#run").is_disabled()
     frame_number(page).fill("6")
     frame_number(page).press("Enter")
-    wait_text(page, "#prompt-info", "frame 6:")
+    text_has(page, "#prompt-info", "frame 6:")
     page.locator("#mask-upload input[type=file]").set_input_files(str(mask))
-    wait_text(page, "#prompt-info", "mask covers")
+    text_has(page, "#prompt-info", "mask covers")
     page.wait_for_function("() => !document.querySelector('#preview').disabled")
     assert not page.locator("#run").is_disabled()  # Preview is enabled exactly when Run is
     run_bb, prev_bb = page.locator("#run").bounding_box(), page.locator("#preview").bounding_box()
     assert abs(run_bb["y"] - prev_bb["y"]) < 5 and prev_bb["y"] + prev_bb["height"] <= DESKTOP["height"]
 
     page.click("#preview")
-    wait_text(page, "#preview-status", "Preview", timeout=10_000)
-    wait_text(page, "#preview-status", "the matte on frames 6, 9, 12, 15", timeout=180_000)
+    text_has(page, "#preview-status", "Preview", timeout=10_000)
+    text_has(page, "#preview-status", "the matte on frames 6, 9, 12, 15", timeout=180_000)
     page.wait_for_function("() => { const imgs = [...document.querySelectorAll('#preview-gallery img')]; "
                            "return imgs.length === 4 && imgs.every(i => i.complete && i.naturalWidth > 0); }",
                            timeout=30_000)  # served and drawn, not only listed
@@ -120,7 +106,7 @@ def test_preview_shows_the_matte_on_the_next_frames_and_goes_stale(app, browser,
 
     # a changed prompt: the preview is marked stale (never shown as the current prompt's), Preview waits with Run
     page.click("#clear")
-    wait_text(page, "#preview-status", "Stale", timeout=15_000)
+    text_has(page, "#preview-status", "Stale", timeout=15_000)
     page.wait_for_function("() => document.querySelector('#preview').disabled")
     page.wait_for_function("() => document.querySelector('#preview-gallery')?.classList.contains('stale')",
                            timeout=10_000)
@@ -134,12 +120,12 @@ def test_preview_shows_the_matte_on_the_next_frames_and_goes_stale(app, browser,
     page.locator("#mask-upload input[type=file]").set_input_files(str(mask))
     page.wait_for_function("() => !document.querySelector('#preview').disabled")
     page.click("#preview")
-    wait_text(page, "#preview-status", "Previewing frames 6–15", timeout=30_000)
+    text_has(page, "#preview-status", "Previewing frames 6–15", timeout=30_000)
     assert not page.locator("#preview-gallery img").count() or not page.locator("#preview-gallery").is_visible()
     page.wait_for_selector("#preview-stop", state="visible")
     page.screenshot(path=str(ARTIFACTS / "1920-09-previewing.png"), full_page=True)
     page.click("#preview-stop")
-    wait_text(page, "#preview-status", "Preview stopped.", timeout=30_000)
+    text_has(page, "#preview-status", "Preview stopped.", timeout=30_000)
     page.wait_for_selector("#preview-stop", state="hidden")
     assert not run.exists()  # the replaced preview's folder is gone
     (stopped,) = list((app.output / ".previews").iterdir())

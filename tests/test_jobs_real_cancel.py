@@ -21,17 +21,9 @@ import pytest
 from mattepod import config as configmod
 from mattepod import jobs
 from tests.conftest import make_mask, make_video
+from tests.test_jobs_manager import wait_for
 
 GRACE = 60.0  # SIGKILL fallback: far longer than a SIGTERM-honouring job takes
-
-
-def wait_for(pred, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def frames_done(manager: jobs.JobManager, job_id: str) -> int:
